@@ -1,0 +1,212 @@
+"""CapsNet with dynamic routing (Sabour, Frosst & Hinton 2017, arXiv:1710.09829).
+
+Defaults are the paper's MNIST network; every deviation is a named option of `CapsNetConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.output import LossTerms, ModelOutput
+from models.registry import register
+
+MARGIN_CONVENTIONS = ("paper", "official")
+
+
+@dataclass(frozen=True)
+class CapsNetConfig:
+    in_channels: int = 1
+    input_size: int = 28
+    num_classes: int = 10
+    conv1_channels: int = 256
+    primary_types: int = 32
+    primary_dim: int = 8
+    digit_dim: int = 16
+    routing_iters: int = 3
+    # Scale of the summed squared reconstruction error in the loss (paper: 0.0005).
+    recon_weight: float = 0.0005
+    decoder: bool = True
+    # Stop gradients through u_hat in all but the last routing iteration. Off in the paper and
+    # the official code; some re-implementations do it, so it is an ablation flag.
+    detach_inner: bool = False
+    # "paper": margin loss summed over classes (the paper's formula). "official": averaged over
+    # classes and halved as in the official code, which weighs reconstruction ~20x more.
+    margin_convention: str = "paper"
+    m_plus: float = 0.9
+    m_minus: float = 0.1
+    margin_lambda: float = 0.5
+    # With softmax over parents, W must start small for routing to train (REFERENCES.md 4).
+    weight_init_std: float = 0.01
+
+    def __post_init__(self):
+        if self.routing_iters < 1:
+            raise ValueError(f"routing_iters must be >= 1, got {self.routing_iters}")
+        if self.recon_weight < 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
+        if self.margin_convention not in MARGIN_CONVENTIONS:
+            raise ValueError(
+                f"margin_convention must be one of {', '.join(MARGIN_CONVENTIONS)}, "
+                f"got {self.margin_convention!r}"
+            )
+        if self.primary_grid < 1:
+            raise ValueError(f"input_size {self.input_size} is too small for CapsNet (min 26)")
+
+    @property
+    def primary_grid(self) -> int:
+        """Side of the PrimaryCaps grid: conv1 (9x9, stride 1) then 9x9 stride 2."""
+        return (self.input_size - 8 - 9) // 2 + 1
+
+    @property
+    def num_primary(self) -> int:
+        return self.primary_types * self.primary_grid**2
+
+
+def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """|s|^2 / (1 + |s|^2) * s / |s|: keeps the direction, maps the length into [0, 1)."""
+    sq_norm = s.pow(2).sum(dim=dim, keepdim=True)
+    return s * (sq_norm / (1.0 + sq_norm) / torch.sqrt(sq_norm + eps))
+
+
+def dynamic_routing(
+    votes: torch.Tensor,
+    iters: int,
+    detach_inner: bool = False,
+    couplings: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Routing-by-agreement between children i and parents j (paper, Procedure 1).
+
+    votes: u_hat with shape (batch, children, parents, dim). Returns v, (batch, parents, dim).
+    If `couplings` is a list, the coupling coefficients c_ij of every iteration are appended.
+    """
+    batch, children, parents, _ = votes.shape
+    inner_votes = votes.detach() if detach_inner else votes
+    logits = votes.new_zeros(batch, children, parents)
+    for iteration in range(iters):
+        last = iteration == iters - 1
+        coupling = logits.softmax(dim=-1)  # over the parents of each child
+        if couplings is not None:
+            couplings.append(coupling)
+        s = torch.einsum("bij,bijd->bjd", coupling, votes if last else inner_votes)
+        v = squash(s)
+        if not last:
+            logits = logits + torch.einsum("bijd,bjd->bij", inner_votes, v)
+    return v
+
+
+class PrimaryCaps(nn.Module):
+    """One convolution whose output channels are grouped into capsules.
+
+    Channel t * dim + k is component k of capsule type t, so a capsule is `dim` channels at
+    one grid position (not `dim` positions of one channel, a common reshape bug).
+    """
+
+    def __init__(self, in_channels: int, types: int, dim: int):
+        super().__init__()
+        self.types, self.dim = types, dim
+        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=9, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        batch, _, height, width = out.shape
+        out = out.view(batch, self.types, self.dim, height, width)
+        out = out.permute(0, 1, 3, 4, 2).reshape(batch, self.types * height * width, self.dim)
+        return squash(out)
+
+
+class DigitCaps(nn.Module):
+    """Class capsules: one (child_dim x parent_dim) matrix W_ij per (child, parent) pair."""
+
+    def __init__(self, config: CapsNetConfig):
+        super().__init__()
+        self.config = config
+        self.weight = nn.Parameter(
+            config.weight_init_std
+            * torch.randn(config.num_primary, config.num_classes, config.primary_dim, config.digit_dim)
+        )
+
+    def votes(self, u: torch.Tensor) -> torch.Tensor:
+        """u_hat_{j|i} = u_i W_ij: (batch, children, child_dim) -> (batch, children, parents, dim)."""
+        return torch.einsum("bic,ijcd->bijd", u, self.weight)
+
+    def forward(self, u: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return dynamic_routing(
+            self.votes(u), self.config.routing_iters, self.config.detach_inner, couplings
+        )
+
+
+class Decoder(nn.Module):
+    """FC 512 ReLU -> FC 1024 ReLU -> FC pixels sigmoid, fed the masked class capsules."""
+
+    def __init__(self, config: CapsNetConfig):
+        super().__init__()
+        self.image_shape = (config.in_channels, config.input_size, config.input_size)
+        pixels = config.in_channels * config.input_size**2
+        self.net = nn.Sequential(
+            nn.Linear(config.num_classes * config.digit_dim, 512),
+            nn.ReLU(inplace=True),
+            nn.Linear(512, 1024),
+            nn.ReLU(inplace=True),
+            nn.Linear(1024, pixels),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, capsules: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        mask = F.one_hot(chosen, capsules.shape[1]).to(capsules.dtype)
+        masked = (capsules * mask.unsqueeze(-1)).flatten(1)
+        return self.net(masked).view(-1, *self.image_shape)
+
+
+def margin_loss(lengths: torch.Tensor, labels: torch.Tensor, config: CapsNetConfig) -> torch.Tensor:
+    """Per-example margin loss, summed over classes ("paper") or halved mean ("official")."""
+    target = F.one_hot(labels, lengths.shape[1]).to(lengths.dtype)
+    present = target * F.relu(config.m_plus - lengths).pow(2)
+    absent = config.margin_lambda * (1 - target) * F.relu(lengths - config.m_minus).pow(2)
+    per_class = present + absent
+    if config.margin_convention == "official":
+        return 0.5 * per_class.mean(dim=1)
+    return per_class.sum(dim=1)
+
+
+class CapsNet(nn.Module):
+    def __init__(self, config: CapsNetConfig):
+        super().__init__()
+        self.config = config
+        self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=9)
+        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim)
+        self.digits = DigitCaps(config)
+        self.decoder = Decoder(config) if config.decoder else None
+
+    def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None):
+        """Class capsule vectors v_j: (batch, classes, digit_dim)."""
+        return self.digits(self.primary(F.relu(self.conv1(images))), couplings)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        capsules = self.capsules(images)
+        # Lengths are the class scores; the norm is taken in float32 even under autocast.
+        scores = torch.linalg.vector_norm(capsules.float(), dim=-1)
+        reconstruction = None
+        # With recon_weight 0 the decoder is not trained, so training skips its cost.
+        wanted = not self.training or self.config.recon_weight > 0
+        if self.decoder is not None and wanted:
+            # The true class during training, the predicted one at evaluation (paper, 4.1).
+            chosen = labels if self.training and labels is not None else scores.argmax(dim=1)
+            reconstruction = self.decoder(capsules, chosen)
+        return ModelOutput(scores=scores, reconstruction=reconstruction)
+
+    def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
+        margin = margin_loss(output.scores, labels, self.config).mean()
+        parts = {"margin": margin.detach()}
+        total = margin
+        if output.reconstruction is not None and self.config.recon_weight > 0:
+            sse = (output.reconstruction.float() - images.float()).pow(2).flatten(1).sum(1).mean()
+            parts["reconstruction_sse"] = sse.detach()
+            total = total + self.config.recon_weight * sse
+        return LossTerms(total=total, parts=parts)
+
+
+@register("capsnet", CapsNetConfig)
+def build_capsnet(config: CapsNetConfig) -> CapsNet:
+    return CapsNet(config)

@@ -1,0 +1,1 @@
+"""Study specs, data, training, storage and reports of the capsbench suite."""
