@@ -1,0 +1,45 @@
+# Two entry points: `make study` and `make test`. Each does its own set-up on a fresh clone
+# (venv, dependencies, data); every set-up step is guarded by a stamp or a check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PROFILE ?= quick
+STUDY ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup data system-packages test study clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Re-installs only when pyproject.toml changes.
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(INSTALLED)
+
+# Fashion-MNIST's offline source is a Debian package; install it when missing and we may.
+system-packages:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist (offline Fashion-MNIST source)"; \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
+		echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST needs its files in data/FashionMNIST/raw"; \
+	fi
+
+# Checks the IDX files and converts them from the first reachable source when missing.
+data: $(INSTALLED) system-packages
+	$(BIN)/python -m studies data
+
+test: data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Until the study engine lands, the main job is one short, honest training run.
+study: data
+	$(BIN)/python -m studies train --model capsnet --train-size 2000 --epochs 1
+
+clean-venv:
+	rm -rf $(VENV)

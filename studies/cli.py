@@ -1,0 +1,134 @@
+"""Command line: `python -m studies <command>`. Bad input ends with one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import models
+from studies.augment import AUGMENTATION_FORMS
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_train_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train one configuration and print its metrics")
+    parser.add_argument("--model", default="capsnet", help=f"one of: {', '.join(models.names())}")
+    parser.add_argument("--dataset", default="mnist", help="mnist or fashion_mnist")
+    parser.add_argument("--routing-iters", type=int, help="CapsNet routing iterations (paper: 3)")
+    parser.add_argument("--recon-weight", type=float, help="CapsNet reconstruction weight (paper: 0.0005)")
+    parser.add_argument("--detach-inner", action="store_true", help="CapsNet: detach u_hat in inner routing iterations")
+    parser.add_argument("--no-decoder", action="store_true", help="CapsNet without the reconstruction decoder")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="any other model option, value parsed as JSON (e.g. --option margin_convention='\"official\"')",
+    )
+    parser.add_argument("--aug", default="shift2", help=f"augmentation: {', '.join(AUGMENTATION_FORMS)}")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-size", type=int, help="use the first N training images (default: all)")
+    parser.add_argument("--val-size", type=int, default=0, help="hold out the last N training images")
+    parser.add_argument("--test-size", type=int, help="test on the first N test images (default: all 10k)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(run=_run_train)
+
+
+def _add_data_parser(commands) -> None:
+    parser = commands.add_parser("data", help="make sure the datasets are present, fetching or converting them")
+    parser.add_argument("--dataset", action="append", help="dataset(s) to prepare (default: mnist and fashion_mnist)")
+    parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
+    parser.set_defaults(run=_run_data)
+
+
+def _model_options(args) -> dict:
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.routing_iters is not None:
+        options["routing_iters"] = args.routing_iters
+    if args.recon_weight is not None:
+        options["recon_weight"] = args.recon_weight
+    if args.detach_inner:
+        options["detach_inner"] = True
+    if args.no_decoder:
+        options["decoder"] = False
+    # Validate against the model's config now, before any data is loaded.
+    models.make_config(args.model, **options)
+    return options
+
+
+def _run_train(args) -> None:
+    from studies.config import TrainConfig
+    from studies.train import train
+
+    config = TrainConfig(
+        model=args.model,
+        model_options=_model_options(args),
+        dataset=args.dataset,
+        augmentation=args.aug,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        test_size=args.test_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        bf16=args.bf16,
+        data_root=args.data_root,
+        progress=not args.no_progress,
+    )
+    result = train(config)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    print(
+        f"{config.model} on {config.dataset}: test accuracy {100 * result.test_accuracy:.2f}% "
+        f"(error {100 * result.test_error:.2f}%) on {result.test_images} test images\n"
+        f"  trained on {result.train_images} images x {config.epochs} epoch(s), aug {config.augmentation}, "
+        f"seed {config.seed}, {result.params:,} parameters\n"
+        f"  {result.train_seconds:.1f} s training, {result.train_images_per_s:.0f} images/s, "
+        f"device {result.device}, torch {result.torch_version}"
+    )
+    for record in result.history:
+        print("  epoch " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch") + f" [{record['epoch']}]")
+
+
+def _run_data(args) -> None:
+    from studies import datasets
+
+    for name in args.dataset or list(datasets.DATASETS):
+        path = datasets.prepare(name, args.data_root)
+        print(f"{name}: ready in {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train_parser(commands)
+    _add_data_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from studies.errors import USER_ERRORS
+
+    try:
+        args.run(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0

@@ -1,0 +1,199 @@
+"""Train one configuration and return its metrics (the nanoGPT-style training file)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+import models
+from studies import datasets
+from studies.augment import parse_augmentation
+from studies.config import TrainConfig
+from studies.devices import autocast, device_name, resolve_device, synchronize
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"loss became {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
+@dataclass
+class TrainResult:
+    config: dict[str, Any]
+    test_accuracy: float
+    test_error: float
+    history: list[dict[str, float]]
+    train_seconds: float
+    train_images_per_s: float
+    params: int
+    train_images: int
+    test_images: int
+    device: str
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Split:
+    """Images as uint8 (N, C, H, W) and int64 labels, both on the training device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0)
+
+
+def load_splits(config: TrainConfig, device: torch.device) -> tuple[Split, Split | None, Split]:
+    """Train, validation (or None) and test splits, moved to the device once."""
+    train_images, train_labels = datasets.load(config.dataset, "train", config.data_root)
+    test_images, test_labels = datasets.load(config.dataset, "test", config.data_root)
+    total = train_labels.shape[0]
+    available = total - config.val_size
+    train_size = config.train_size or available
+    if train_size > available:
+        raise ValueError(
+            f"train_size {train_size} + val_size {config.val_size} exceed the {total} training images"
+        )
+    if config.test_size and config.test_size > test_labels.shape[0]:
+        raise ValueError(f"test_size {config.test_size} exceeds the {test_labels.shape[0]} test images")
+
+    def split(images, labels, part: slice) -> Split:
+        return Split(images[part].unsqueeze(1).to(device), labels[part].to(device))
+
+    train = split(train_images, train_labels, slice(0, train_size))
+    val = split(train_images, train_labels, slice(total - config.val_size, total)) if config.val_size else None
+    test = split(test_images, test_labels, slice(0, config.test_size))
+    return train, val, test
+
+
+def build_model(config: TrainConfig, image_size: int, channels: int = 1, num_classes: int = 10):
+    options = {"in_channels": channels, "input_size": image_size, "num_classes": num_classes}
+    options.update(config.model_options)
+    return models.create(config.model, **options)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    split: Split,
+    batch_size: int = 500,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    bf16: bool = False,
+) -> float:
+    """Accuracy of the argmax of the model's class scores; `transform` edits float batches."""
+    was_training = model.training
+    model.eval()
+    device = split.images.device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(split), batch_size):
+        images = to_float(split.images[start : start + batch_size])
+        if transform is not None:
+            images = transform(images)
+        with autocast(device, bf16):
+            scores = model(images).scores
+        correct += (scores.argmax(dim=1) == split.labels[start : start + batch_size]).sum()
+    model.train(was_training)
+    return correct.item() / len(split)
+
+
+EpochCallback = Callable[[dict[str, float], torch.nn.Module], None]
+
+
+def train(
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    model: torch.nn.Module | None = None,
+) -> TrainResult:
+    """Train `config` and test it. `on_epoch(record, model)` runs after every epoch and may
+    raise (e.g. to prune); `model` replaces the freshly built one (e.g. resumed weights)."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    info = datasets.DATASETS[config.dataset] if config.dataset in datasets.DATASETS else None
+    if info is None:
+        raise ValueError(f"unknown dataset {config.dataset!r}; valid datasets: {', '.join(datasets.DATASETS)}")
+    train_split, val_split, test_split = load_splits(config, device)
+    if model is None:
+        model = build_model(config, train_split.images.shape[-1], num_classes=info.num_classes)
+    model.to(device).train()
+    augment = parse_augmentation(config.augmentation)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
+    )
+
+    history: list[dict[str, float]] = []
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    train_seconds = 0.0
+    for epoch in range(1, config.epochs + 1):
+        synchronize(device)
+        started = time.perf_counter()
+        order = torch.randperm(len(train_split), generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{config.model} epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+            unit="step",
+        )
+        for step in bar:
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images, labels = to_float(train_split.images[index]), train_split.labels[index]
+            if augment is not None:
+                images = augment(images, generator)
+            with autocast(device, config.bf16):
+                output = model(images, labels)
+                loss = model.loss(output, images, labels).total
+            if not torch.isfinite(loss):
+                raise Diverged(epoch, step, loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach() * labels.shape[0]
+            correct += (output.scores.detach().argmax(dim=1) == labels).sum()
+        bar.close()
+        synchronize(device)
+        train_seconds += time.perf_counter() - started
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / len(train_split),
+            "train_accuracy": correct.item() / len(train_split),
+            "lr": schedule.get_last_lr()[0],
+            "seconds": train_seconds,
+        }
+        if val_split is not None:
+            record["val_accuracy"] = evaluate(model, val_split, config.eval_batch_size, bf16=config.bf16)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record, model)
+
+    test_accuracy = evaluate(model, test_split, config.eval_batch_size, bf16=config.bf16)
+    return TrainResult(
+        config=config.to_dict(),
+        test_accuracy=test_accuracy,
+        test_error=1.0 - test_accuracy,
+        history=history,
+        train_seconds=train_seconds,
+        train_images_per_s=config.epochs * len(train_split) / train_seconds,
+        params=sum(p.numel() for p in model.parameters()),
+        train_images=len(train_split),
+        test_images=len(test_split),
+        device=device_name(device),
+    )

@@ -1,0 +1,67 @@
+"""Bad input ends with one clear line on stderr and exit code 2, before any training."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from studies.datasets import prepare
+from studies.idx import write_idx
+
+
+def run_cli(*args, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "studies", *args], capture_output=True, text=True, env=env)
+
+
+def assert_one_line_error(done, *fragments):
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--model", "resnet"], ["unknown model", "capsnet, cnn_paper, cnn_pool"]),
+        (["--routing-iters", "0"], ["routing_iters must be >= 1"]),
+        (["--recon-weight", "-1"], ["recon_weight must be >= 0"]),
+        (["--aug", "flip"], ["unknown augmentation"]),
+        (["--dataset", "cifar"], ["unknown dataset", "mnist"]),
+        (["--epochs", "0"], ["epochs must be >= 1"]),
+    ],
+)
+def test_bad_arguments(args, fragments):
+    assert_one_line_error(run_cli("train", *args, "--train-size", "8"), *fragments)
+
+
+def test_missing_data_names_the_sources_tried(tmp_path):
+    done = run_cli("train", "--data-root", str(tmp_path), env_extra={"CAPSBENCH_DATA_SOURCES": "present"})
+    assert_one_line_error(done, "present", str(tmp_path / "MNIST" / "raw"))
+
+
+def test_wrong_dataset_in_place_is_an_error(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(10, np.uint8))
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(10, np.uint8))
+    done = run_cli("train", "--data-root", str(tmp_path), env_extra={"CAPSBENCH_DATA_SOURCES": "present"})
+    assert_one_line_error(done, "train-images-idx3-ubyte", "expected 60000")
+
+
+@pytest.mark.data
+def test_truncated_data_is_an_error_and_is_left_alone(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(prepare("mnist"), raw)
+    truncated = raw / "t10k-labels-idx1-ubyte"
+    truncated.write_bytes(truncated.read_bytes()[:-3])
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    done = run_cli("train", "--data-root", str(tmp_path), env_extra={"CAPSBENCH_DATA_SOURCES": "present"})
+    assert_one_line_error(done, "t10k-labels-idx1-ubyte")
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before

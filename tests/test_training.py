@@ -1,0 +1,61 @@
+"""Training on the real MNIST files (prepared by `make test`), with small budgets."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from studies.config import TrainConfig
+from studies.train import train
+
+pytestmark = pytest.mark.data
+
+
+def small(model: str, **overrides) -> TrainConfig:
+    base = dict(model=model, train_size=256, test_size=500, epochs=2, batch_size=32, progress=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("model", ["capsnet", "cnn_pool"])
+def test_a_short_training_run_lowers_the_loss(model):
+    result = train(small(model))
+    first, second = result.history
+    assert second["train_loss"] < first["train_loss"]
+    assert result.test_images == 500 and result.train_images == 256
+    assert 0.0 <= result.test_accuracy <= 1.0 and result.test_error == pytest.approx(1 - result.test_accuracy)
+    assert result.params > 0 and result.train_images_per_s > 0
+
+
+def test_training_is_deterministic_on_cpu():
+    config = small("cnn_pool", epochs=1, train_size=128, val_size=100)
+    a, b = train(config), train(config)
+    assert a.test_accuracy == b.test_accuracy
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert a.history[0]["val_accuracy"] == b.history[0]["val_accuracy"]
+
+
+def test_epoch_callback_sees_every_epoch():
+    seen = []
+    train(small("cnn_pool", train_size=64, epochs=3), on_epoch=lambda record, model: seen.append(record["epoch"]))
+    assert seen == [1, 2, 3]
+
+
+def test_oversized_subsets_are_rejected():
+    with pytest.raises(ValueError, match="exceed"):
+        train(small("cnn_pool", train_size=60000, val_size=10))
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "studies", *args], capture_output=True, text=True, env=env)
+
+
+def test_cli_trains_and_prints_json():
+    done = run_cli("train", "--model", "capsnet", "--routing-iters", "2", "--recon-weight", "0.0005",
+                   "--aug", "shift2", "--train-size", "64", "--test-size", "100", "--batch-size", "32",
+                   "--epochs", "1", "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    assert metrics["config"]["model_options"] == {"routing_iters": 2, "recon_weight": 0.0005}
+    assert metrics["params"] == 8_215_568 and metrics["test_images"] == 100
+    assert set(metrics) >= {"test_accuracy", "test_error", "history", "train_seconds", "train_images_per_s"}
