@@ -8,7 +8,7 @@ PROFILE ?= quick
 STUDY ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data system-packages test study clean-venv
+.PHONY: setup data system-packages test study report clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,9 +37,18 @@ data: $(INSTALLED) system-packages
 test: data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Until the study engine lands, the main job is one short, honest training run.
+# STUDY= one study (default: all built-in), DATASET= override the spec's dataset,
+# STORAGE= an Optuna storage URL or journal:<path> (default: SQLite under results/<profile>).
+STUDY_ARGS = --profile $(PROFILE) $(if $(STUDY),--study $(STUDY)) $(if $(DATASET),--dataset $(DATASET)) \
+	$(if $(STORAGE),--storage $(STORAGE))
+
+# The main job: trains what is missing (never retrains), then rebuilds the report.
 study: data
-	$(BIN)/python -m studies train --model capsnet --train-size 2000 --epochs 1
+	$(BIN)/python -m studies run $(STUDY_ARGS)
+
+# Tables, figures and REPORT.md from the stored trials, without training.
+report: $(INSTALLED)
+	$(BIN)/python -m studies report $(STUDY_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

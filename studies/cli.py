@@ -114,11 +114,86 @@ def _run_data(args) -> None:
         print(f"{name}: ready in {path}")
 
 
+def _add_study_arguments(parser) -> None:
+    parser.add_argument("--study", action="append", help="built-in study name or spec file (default: all built-in)")
+    parser.add_argument("--profile", default="quick", help="smoke, quick, standard or paper")
+    parser.add_argument("--dataset", help="override the spec's dataset (mnist, fashion_mnist)")
+    parser.add_argument("--storage", help="Optuna storage URL or journal:<path> (default: SQLite under results/<profile>)")
+    parser.add_argument("--results", help="results root (default: $CAPSBENCH_RESULTS or ./results)")
+
+
+def _add_run_parser(commands) -> None:
+    parser = commands.add_parser("run", help="train every missing trial of the studies, then rebuild the report")
+    _add_study_arguments(parser)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
+    parser.add_argument("--no-report", action="store_true", help="do not rebuild the report afterwards")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between a running trial's heartbeats")
+    parser.add_argument("--grace", type=float, default=60.0, help="seconds without heartbeat before a trial counts as dead")
+    parser.set_defaults(run=_run_studies)
+
+
+def _add_report_parser(commands) -> None:
+    parser = commands.add_parser("report", help="rebuild tables, figures and REPORT.md from stored trials")
+    _add_study_arguments(parser)
+    parser.set_defaults(run=_run_report)
+
+
+def _selected_specs(args):
+    from studies.spec import builtin_names, load_spec
+
+    names = args.study or builtin_names()
+    specs = [load_spec(name, args.dataset) for name in names]
+    if args.study:
+        for spec in specs:
+            spec.profile(args.profile)  # an explicitly chosen study must define the profile
+        return specs
+    return [spec for spec in specs if args.profile in spec.profiles]
+
+
+def _run_options(args):
+    from studies.engine import RunOptions
+
+    return RunOptions(
+        profile=args.profile, storage=args.storage, results_root=args.results,
+        device=getattr(args, "device", "auto"), data_root=getattr(args, "data_root", None),
+        progress=not getattr(args, "no_progress", False),
+        heartbeat_s=getattr(args, "heartbeat", 10.0), grace_s=getattr(args, "grace", 60.0),
+    )
+
+
+def _run_studies(args) -> None:
+    from studies.engine import run_study
+
+    specs = _selected_specs(args)
+    options = _run_options(args)
+    for spec in specs:
+        counts = run_study(spec, options)
+        print(f"{spec.name} [{spec.dataset}, {args.profile}]: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if not args.no_report:
+        _write_report(specs, options)
+
+
+def _run_report(args) -> None:
+    _write_report(_selected_specs(args), _run_options(args))
+
+
+def _write_report(specs, options) -> None:
+    from studies.report import build_report
+    from studies.storage import ensure_writable, results_dir
+
+    out = ensure_writable(results_dir(options.profile, options.results_root))
+    print(f"report: {build_report(specs, options, out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
     _add_data_parser(commands)
+    _add_run_parser(commands)
+    _add_report_parser(commands)
     return parser
 
 

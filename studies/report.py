@@ -1,0 +1,270 @@
+"""Tables, figures and REPORT.md, rebuilt from the stored trials without training."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on these machines
+import matplotlib.pyplot as plt
+import optuna
+import pandas as pd
+import seaborn as sns
+from optuna.trial import TrialState
+
+from studies.engine import FAILURE_ATTR, POINT_ATTR, RunOptions, open_study
+from studies.paper import table1_value
+from studies.spec import StudySpec
+
+TRIAL_COLUMNS = ("model", "seed")
+HIDDEN_METRICS = ("history",)
+
+
+@dataclass
+class Section:
+    """One study's part of REPORT.md and the files it wrote."""
+
+    title: str
+    markdown: str
+    files: list[Path]
+
+
+def file_stem(spec: StudySpec) -> str:
+    """Result files are named after the study and, when it is not MNIST, the dataset."""
+    return spec.name if spec.dataset == "mnist" else f"{spec.name}-{spec.dataset}"
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per completed trial: parameters, metrics, budget, timing, environment."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if POINT_ATTR not in trial.user_attrs:
+            continue
+        config = trial.user_attrs.get("config", {})
+        metrics = {k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k not in HIDDEN_METRICS}
+        rows.append({
+            "trial": trial.number,
+            **trial.params,
+            **{f"nuisance_{k}": v for k, v in trial.user_attrs.get("nuisance", {}).items()},
+            **metrics,
+            "batch_size": config.get("batch_size"),
+            "lr": config.get("lr"),
+            "wall_seconds": trial.user_attrs.get("wall_seconds"),
+            "started": trial.datetime_start,
+            "completed": trial.datetime_complete,
+        })
+    frame = pd.DataFrame(rows)
+    if "routing_iters" in frame:  # missing for CNN rows; keep the column integer
+        frame["routing_iters"] = frame["routing_iters"].astype("Int64")
+    if not frame.empty:
+        # One completed trial per point is the engine's invariant; keep the first if not.
+        frame = frame.sort_values("trial").drop_duplicates(subset=_point_columns(frame), keep="first")
+    return frame
+
+
+def failed_frame(study: optuna.Study) -> pd.DataFrame:
+    rows = [
+        {"trial": t.number, "point": t.user_attrs.get(POINT_ATTR), "reason": t.user_attrs.get(FAILURE_ATTR, "exception")}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    ]
+    return pd.DataFrame(rows)
+
+
+def _point_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c in _param_columns(frame) or c == "seed"]
+
+
+def _param_columns(frame: pd.DataFrame) -> list[str]:
+    """Scientific parameter columns: everything stored as an Optuna param but the seed."""
+    known = {"trial", "seed", "started", "completed", "wall_seconds", "batch_size", "lr"}
+    metric_like = {"test_accuracy", "test_error", "train_seconds", "train_images_per_s", "params",
+                   "train_images", "test_images", "epochs", "device", "torch_version"}
+    return [c for c in frame.columns if c not in known | metric_like and not c.startswith("nuisance_")]
+
+
+def budget_lines(frame: pd.DataFrame, options: RunOptions) -> list[str]:
+    """The budget a table came from, stated beside it."""
+    def values(column):
+        return ", ".join(str(v) for v in sorted(frame[column].dropna().unique())) if column in frame else "?"
+
+    wall = frame["wall_seconds"].sum() if "wall_seconds" in frame else float("nan")
+    span = (frame["completed"].max() - frame["started"].min()).total_seconds() if len(frame) else 0.0
+    return [
+        f"- profile `{options.profile}`: training images per trial {values('train_images')}, "
+        f"epochs {values('epochs')}, batch {values('batch_size')}, seeds {values('seed')}, "
+        f"test images {values('test_images')}",
+        f"- device {values('device')}, torch {values('torch_version')}; {len(frame)} completed trials, "
+        f"{wall / 60:.1f} min of trial time ({span / 60:.1f} min wall clock, first start to last finish)",
+    ]
+
+
+def _format_recon(value) -> str:
+    if pd.isna(value):
+        return "-"
+    return "no" if float(value) == 0 else f"yes ({float(value):g})"
+
+
+def table1(frame: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    """Paper Table 1 layout: one row per configuration, error as mean ± sample sd over seeds."""
+    frame = frame.copy()
+    for column in ("routing_iters", "recon_weight", "augmentation"):
+        if column not in frame:
+            frame[column] = None
+    keys = ["model", "routing_iters", "recon_weight", "augmentation"]
+    order = {"cnn_paper": 0, "cnn_pool": 1, "capsnet": 2}
+    grouped = frame.assign(error=100 * frame["test_error"]).groupby(keys, dropna=False)
+    rows = []
+    for (model, routing, recon, augmentation), group in grouped:
+        std = group["error"].std(ddof=1) if len(group) > 1 else float("nan")
+        rows.append({
+            "_order": (order.get(model, 9), str(augmentation), routing if pd.notna(routing) else 0,
+                       recon if pd.notna(recon) else 0),
+            "Model": model,
+            "Routing": "-" if pd.isna(routing) else int(routing),
+            "Reconstruction": _format_recon(recon),
+            "Augmentation": augmentation,
+            "Test error % (mean ± sd)": f"{group['error'].mean():.2f} ± {std:.2f}" if len(group) > 1
+            else f"{group['error'].mean():.2f}",
+            "Seeds": len(group),
+            "Parameters": f"{int(group['params'].iloc[0]):,}",
+            "Train s / seed": f"{group['train_seconds'].mean():.0f}",
+            "Paper error %": table1_value(model, routing, recon if pd.notna(recon) else 0, str(augmentation), spec.dataset),
+        })
+    table = pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+    return table
+
+
+def write_latex(table: pd.DataFrame, path: Path, caption: str) -> None:
+    styler = table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    latex = styler.to_latex(hrules=True, caption=caption, position="htbp")
+    path.write_text(latex.replace("±", r"$\pm$"))
+
+
+def _config_label(row: pd.Series) -> str:
+    if row["model"] != "capsnet":
+        return f"{row['model']} / {row.get('augmentation')}"
+    recon = "recon" if float(row.get("recon_weight", 0) or 0) > 0 else "no recon"
+    return f"capsnet r{int(row['routing_iters'])} {recon} / {row.get('augmentation')}"
+
+
+def error_figure(frame: pd.DataFrame, path: Path, title: str) -> None:
+    data = frame.assign(config=frame.apply(_config_label, axis=1), error=100 * frame["test_error"])
+    order = sorted(data["config"].unique(), key=lambda c: (not c.startswith("cnn"), c))
+    height = max(3.0, 0.35 * len(order) + 1.2)
+    fig, ax = plt.subplots(figsize=(7.5, height))
+    sns.barplot(data=data, y="config", x="error", order=order, errorbar="sd", ax=ax, color="#4c72b0", capsize=0.2)
+    sns.stripplot(data=data, y="config", x="error", order=order, ax=ax, color="black", size=3)
+    ax.set_xlabel("test error % (bars: mean over seeds, whiskers: ± sd, dots: seeds)")
+    ax.set_ylabel("")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def importance(frame_study: optuna.Study, frame: pd.DataFrame) -> pd.DataFrame:
+    """Optuna's default importance evaluator over CapsNet's scientific parameters."""
+    capsnet = [t for t in frame_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+               if t.params.get("model") == "capsnet" and t.number in set(frame["trial"])]
+    params = [p for p in ("routing_iters", "recon_weight", "augmentation", "detach_inner")
+              if len({t.params.get(p) for t in capsnet}) > 1]
+    if len(capsnet) < 4 or not params:
+        return pd.DataFrame()
+    sub = optuna.create_study(direction="minimize")
+    sub.add_trials(capsnet)
+    scores = optuna.importance.get_param_importances(sub, params=params)
+    return pd.DataFrame({"parameter": list(scores), "importance": list(scores.values())})
+
+
+def importance_figure(table: pd.DataFrame, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 0.5 * len(table) + 1.2))
+    sns.barplot(data=table, y="parameter", x="importance", ax=ax, color="#55a868")
+    ax.set_title("CapsNet: importance of scientific parameters for test error", fontsize=10)
+    ax.set_ylabel("")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_section(spec: StudySpec, study: optuna.Study, options: RunOptions, out: Path) -> Section:
+    stem = file_stem(spec)
+    frame = trials_frame(study)
+    if frame.empty:
+        return Section(spec.title, "_No completed trials yet._\n", [])
+    files = [out / f"{stem}.csv", out / f"{stem}-table1.md", out / f"{stem}-table1.tex", out / f"{stem}-error.png"]
+    frame.to_csv(files[0], index=False)
+    table = table1(frame, spec)
+    files[1].write_text(table.to_markdown(index=False) + "\n")
+    budget = budget_lines(frame, options)
+    write_latex(table, files[2], f"{spec.title} on {spec.dataset} ({options.profile} profile); "
+                                 "test error mean $\\pm$ sample standard deviation over seeds.")
+    error_figure(frame, files[3], f"{spec.title}\n{spec.dataset}, profile {options.profile}")
+    lines = [*budget, "", table.to_markdown(index=False), "",
+             "Test error in %, mean ± sample standard deviation (n-1) over seeds. "
+             "Paper values are from the paper's own protocol (full MNIST, shifts of up to 2 px, "
+             "~300k steps) and are shown for orientation, not as a like-for-like comparison.",
+             "", f"![test error per configuration]({files[3].name})", ""]
+    ranking = importance(study, frame)
+    if not ranking.empty:
+        files += [out / f"{stem}-importance.md", out / f"{stem}-importance.png"]
+        files[-2].write_text(ranking.to_markdown(index=False, floatfmt=".3f") + "\n")
+        importance_figure(ranking, files[-1])
+        lines += ["Parameter importance for CapsNet test error (Optuna's default evaluator, "
+                  f"{optuna.importance.get_param_importances.__module__.split('.')[0]} "
+                  f"{optuna.__version__}):", "", ranking.to_markdown(index=False, floatfmt=".3f"), "",
+                  f"![importance]({files[-1].name})", ""]
+    lines += _failures(study)
+    lines.append("Files: " + ", ".join(f"[{f.name}]({f.name})" for f in files))
+    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files)
+
+
+def _failures(study: optuna.Study) -> list[str]:
+    failed = failed_frame(study)
+    if failed.empty:
+        return []
+    return ["Failed trials:", "", failed.to_markdown(index=False), ""]
+
+
+SECTION_BUILDERS = {"accuracy": accuracy_section}
+
+
+def write_report(sections: list[Section], options: RunOptions, out: Path) -> Path:
+    import platform
+
+    import torch
+
+    lines = [
+        f"# capsbench results — profile `{options.profile}`",
+        "",
+        "Rebuilt from the stored trials by `make report` (no training). Every table states the "
+        "budget it came from. Profiles other than `paper` are NOT the paper's protocol; "
+        "their numbers show trends at a small budget and are not comparable to published ones.",
+        "",
+        f"Report built with torch {torch.__version__}, optuna {optuna.__version__}, "
+        f"Python {platform.python_version()}.",
+        "",
+    ]
+    for section in sections:
+        lines += [f"## {section.title}", "", section.markdown]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def extra_sections(out: Path) -> list[Section]:
+    """Sections that other tools left as Markdown in the results directory (the benchmark)."""
+    sections = []
+    for table in sorted(out.glob("throughput-*.md")):
+        sections.append(Section(f"Throughput ({table.stem.removeprefix('throughput-')})", table.read_text(), [table]))
+    return sections
+
+
+def build_report(specs: list[StudySpec], options: RunOptions, out: Path) -> Path:
+    sections = []
+    for spec in specs:
+        study = open_study(spec, options)
+        sections.append(SECTION_BUILDERS[spec.kind](spec, study, options, out))
+    return write_report(sections + extra_sections(out), options, out)

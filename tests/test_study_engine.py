@@ -1,0 +1,136 @@
+"""The study engine end to end on real MNIST: smoke profile, resume, crash recovery."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.data
+
+
+def studies_cli(*args, results, wait=True, **popen):
+    env = dict(os.environ, CAPSBENCH_RESULTS=str(results))
+    command = [sys.executable, "-m", "studies", *args]
+    if not wait:
+        return subprocess.Popen(command, env=env, text=True, **popen)
+    return subprocess.run(command, env=env, capture_output=True, text=True)
+
+
+def completed_per_point(storage_url, name):
+    study = optuna.load_study(study_name=name, storage=storage_url)
+    return Counter(t.user_attrs["point"] for t in study.get_trials(states=(TrialState.COMPLETE,))), study
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    done = studies_cli("run", "--study", "ablation", "--profile", "smoke", "--no-progress", results=results)
+    assert done.returncode == 0, done.stderr
+    return results, done
+
+
+def test_make_study_runs_the_engine_with_profile_and_study():
+    dry = subprocess.run(["make", "-n", "study", "PROFILE=smoke", "STUDY=ablation", "DATASET=fashion_mnist"],
+                         capture_output=True, text=True)
+    assert "-m studies run --profile smoke --study ablation --dataset fashion_mnist" in dry.stdout
+
+
+def test_smoke_study_writes_every_report_file(smoke):
+    results, _ = smoke
+    out = results / "smoke"
+    for name in ["ablation.csv", "ablation-table1.md", "ablation-table1.tex", "ablation-error.png", "REPORT.md"]:
+        assert (out / name).stat().st_size > 0, name
+    frame = pd.read_csv(out / "ablation.csv")
+    # smoke grid: capsnet routing {1,3} x recon {0, 0.0005} x shift2, cnn_pool x shift2; 2 seeds
+    assert len(frame) == 10
+    for column in ["model", "routing_iters", "recon_weight", "augmentation", "seed", "test_error",
+                   "train_seconds", "params", "device", "torch_version", "train_images", "epochs"]:
+        assert column in frame, column
+    assert set(frame["model"]) == {"capsnet", "cnn_pool"}
+    table = (out / "ablation-table1.md").read_text().strip().splitlines()
+    assert len(table) == 2 + 5  # header, rule, 5 configurations
+    assert "0.25 ± 0.005" in (out / "ablation-table1.md").read_text()  # the paper beside ours
+    assert "\\toprule" in (out / "ablation-table1.tex").read_text()
+    report = (out / "REPORT.md").read_text()
+    assert "training images per trial 128" in report and "seeds 0, 1" in report and "ablation-error.png" in report
+
+
+def test_running_again_trains_nothing(smoke):
+    results, _ = smoke
+    url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
+    before, study = completed_per_point(url, "ablation.mnist.smoke")
+    trials_before = len(study.get_trials())
+    started = time.time()
+    again = studies_cli("run", "--study", "ablation", "--profile", "smoke", "--no-progress", results=results)
+    assert again.returncode == 0, again.stderr
+    assert "done " not in again.stderr  # no trial finished, i.e. none trained
+    after, study = completed_per_point(url, "ablation.mnist.smoke")
+    assert after == before and len(study.get_trials()) == trials_before
+    assert time.time() - started < 60
+
+
+TINY_SPEC = """
+name = "tiny"
+dataset = "{dataset}"
+[[arms]]
+model = "cnn_pool"
+[arms.scientific]
+augmentation = ["none", "shift2"]
+[profiles.smoke]
+seeds = [0, 1]
+train_size = {train_size}
+test_size = 100
+epochs = {epochs}
+batch_size = 16
+"""
+
+
+def write_spec(tmp_path, dataset="mnist", train_size=64, epochs=1):
+    path = tmp_path / "tiny.toml"
+    path.write_text(textwrap.dedent(TINY_SPEC.format(dataset=dataset, train_size=train_size, epochs=epochs)))
+    return path
+
+
+def test_killed_worker_is_detected_and_its_point_retrained(tmp_path):
+    spec = write_spec(tmp_path, train_size=256, epochs=2)
+    results = tmp_path / "results"
+    args = ["run", "--study", str(spec), "--profile", "smoke", "--no-report", "--heartbeat", "0.5", "--grace", "3"]
+    worker = studies_cli(*args, results=results, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once one trial is done and another is running
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name="tiny.mnist.smoke", storage=url)
+        except Exception:
+            continue
+        states = Counter(t.state for t in study.get_trials())
+        if states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] == 1:
+            break
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    killed = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    rerun = studies_cli(*args, results=results)
+    assert rerun.returncode == 0, rerun.stderr
+    counts, study = completed_per_point(url, "tiny.mnist.smoke")
+    assert len(counts) == 4 and set(counts.values()) == {1}
+    failed = study.get_trials()[killed[0].number]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["failure"].startswith("stale")
+
+
+def test_dataset_override_runs_fashion_mnist(tmp_path):
+    results = tmp_path / "results"
+    done = studies_cli("run", "--study", str(write_spec(tmp_path)), "--profile", "smoke", "--dataset", "fashion_mnist",
+                       "--no-progress", results=results)
+    assert done.returncode == 0, done.stderr
+    frame = pd.read_csv(results / "smoke" / "tiny-fashion_mnist.csv")
+    assert len(frame) == 4
+    assert "fashion_mnist" in (results / "smoke" / "REPORT.md").read_text()
