@@ -1,0 +1,164 @@
+"""The official affNIST loader on tiny .mat fixtures written with scipy.io.savemat."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from studies.affnist import AffnistError, check_orientation, find_affnist, load_affnist, read_affnist_file
+
+
+def _digits(count: int, seed: int = 0) -> np.ndarray:
+    """Asymmetric fake 28x28 digits, so a transposed or flipped reading cannot pass."""
+    rng = np.random.default_rng(seed)
+    digits = np.zeros((count, 28, 28), np.uint8)
+    for i in range(count):
+        digits[i, 4:24, 8:14] = rng.integers(1, 256, (20, 6))
+        digits[i, 4:8, 14:22] = 200 + i
+    return digits
+
+
+def _columns(images: np.ndarray) -> np.ndarray:
+    """(N, 40, 40) -> (1600, N): each column the row-major flattening of one image."""
+    return images.reshape(len(images), -1).T.copy()
+
+
+def _centered(digits: np.ndarray) -> np.ndarray:
+    return np.pad(digits, ((0, 0), (6, 6), (6, 6)))
+
+
+def _save(path: Path, image: np.ndarray, labels: np.ndarray, **extra) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"affNISTdata": {"image": image, "label_int": labels, **extra}})
+
+
+def test_single_file_layout_round_trips(tmp_path: Path) -> None:
+    images = _centered(_digits(5))
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    _save(tmp_path / "affNIST" / "test.mat", _columns(images), labels)
+    assert find_affnist(tmp_path) == tmp_path / "affNIST"
+    got_images, got_labels = load_affnist(tmp_path, "test")
+    assert got_images.dtype == torch.uint8 and got_images.shape == (5, 40, 40)
+    assert got_labels.dtype == torch.int64 and got_labels.tolist() == labels.tolist()
+    assert np.array_equal(got_images.numpy(), images)
+
+
+def test_batched_layout_in_numeric_order_at_the_root(tmp_path: Path) -> None:
+    # Twelve batches so that lexical order (1, 10, 11, 12, 2, ...) would scramble them.
+    images = _centered(_digits(12))
+    for i in range(12):
+        _save(tmp_path / "training_and_validation_batches" / f"{i + 1}.mat", _columns(images[i : i + 1]), np.array([i % 10]))
+    assert find_affnist(tmp_path, "training_and_validation") == tmp_path
+    assert find_affnist(tmp_path, "test") is None
+    got_images, got_labels = load_affnist(tmp_path, "training_and_validation")
+    assert got_labels.tolist() == [i % 10 for i in range(12)]
+    assert np.array_equal(got_images.numpy(), images)
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 4), (4, 1)])
+def test_label_shapes_and_float_values_are_accepted(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    labels = np.array([0, 9, 2, 7], np.float64).reshape(shape)  # MATLAB often writes doubles
+    image = _columns(_centered(_digits(4))).astype(np.float64)
+    _save(tmp_path / "test.mat", image, labels)
+    got_images, got_labels = read_affnist_file(tmp_path / "test.mat")
+    assert got_labels.tolist() == [0, 9, 2, 7] and got_images.dtype == torch.uint8
+
+
+def test_missing_files_are_reported(tmp_path: Path) -> None:
+    assert find_affnist(tmp_path) is None
+    with pytest.raises(AffnistError, match="no official affNIST test files"):
+        load_affnist(tmp_path)
+    with pytest.raises(AffnistError, match="unknown affNIST split"):
+        find_affnist(tmp_path, "train")
+
+
+def _broken(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "test.mat"
+    image, labels = _columns(_centered(_digits(3))), np.array([1, 2, 3])
+    if kind == "not_mat":
+        path.write_bytes(b"this is not a MATLAB file at all\n" * 10)
+    elif kind == "no_struct":
+        scipy.io.savemat(path, {"something": image})
+    elif kind == "no_image":
+        scipy.io.savemat(path, {"affNISTdata": {"label_int": labels}})
+    elif kind == "no_labels":
+        scipy.io.savemat(path, {"affNISTdata": {"image": image}})
+    elif kind == "rows":
+        _save(path, image[:-1], labels)
+    elif kind == "label_range":
+        _save(path, image, np.array([1, 2, 10]))
+    elif kind == "label_count":
+        _save(path, image, np.array([1, 2]))
+    elif kind == "pixel_range":
+        _save(path, image.astype(np.float64) / 255.0, labels)  # normalised floats, not 0..255 integers
+    elif kind == "not_struct":
+        scipy.io.savemat(path, {"affNISTdata": image})
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("not_mat", "not a readable .mat file"),
+        ("no_struct", "no variable 'affNISTdata'"),
+        ("not_struct", "affNISTdata is not a 1x1 struct"),
+        ("no_image", "affNISTdata has no field 'image'"),
+        ("no_labels", "affNISTdata has no field 'label_int'"),
+        ("rows", r"affNISTdata\.image has shape \(1599, 3\), expected \(1600, N\)"),
+        ("label_range", r"affNISTdata\.label_int has values in 1\.\.10, expected 0\.\.9"),
+        ("label_count", r"affNISTdata\.label_int has shape \(1, 2\), expected 3 labels"),
+        ("pixel_range", r"affNISTdata\.image has non-integer values"),
+    ],
+)
+def test_broken_files_raise_a_one_line_error_naming_file_and_field(tmp_path: Path, kind: str, message: str) -> None:
+    path = _broken(tmp_path, kind)
+    with pytest.raises(AffnistError, match=message) as info:
+        load_affnist(tmp_path)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text
+    assert isinstance(info.value, ValueError)
+
+
+def test_badly_named_batch_file_is_an_error(tmp_path: Path) -> None:
+    _save(tmp_path / "test_batches" / "1.mat", _columns(_centered(_digits(1))), np.array([1]))
+    _save(tmp_path / "test_batches" / "extra.mat", _columns(_centered(_digits(1))), np.array([1]))
+    with pytest.raises(AffnistError, match="<number>.mat"):
+        load_affnist(tmp_path)
+
+
+def _orientation_fixture(tmp_path: Path, originals: np.ndarray, transpose: bool) -> torch.Tensor:
+    centered = _centered(originals)
+    if transpose:  # what a column-major (MATLAB reshape) writer would produce
+        centered = centered.transpose(0, 2, 1)
+    _save(tmp_path / "just_centered" / "test.mat", _columns(centered), np.zeros(len(originals), np.uint8))
+    images, _ = load_affnist(tmp_path / "just_centered", "test")
+    return images
+
+
+def test_orientation_check_accepts_row_major_and_rejects_transposed(tmp_path: Path) -> None:
+    originals = _digits(4)
+    assert check_orientation(_orientation_fixture(tmp_path / "a", originals, transpose=False), originals)
+    assert not check_orientation(_orientation_fixture(tmp_path / "b", originals, transpose=True), originals)
+
+
+@pytest.mark.data
+def test_orientation_check_on_real_mnist_digits(tmp_path: Path) -> None:
+    from studies import datasets
+
+    try:
+        originals, _ = datasets.load("mnist", "test")
+    except Exception as exc:  # the fake-digit test above still covers the logic
+        pytest.skip(f"MNIST not prepared: {exc}")
+    originals = originals[:8].numpy()
+    assert check_orientation(_orientation_fixture(tmp_path / "a", originals, transpose=False), originals)
+    assert not check_orientation(_orientation_fixture(tmp_path / "b", originals, transpose=True), originals)
+
+
+def test_orientation_check_rejects_wrong_shapes() -> None:
+    with pytest.raises(ValueError, match="expected \\(N, 40, 40\\)"):
+        check_orientation(torch.zeros(2, 28, 28), torch.zeros(2, 28, 28))
+    with pytest.raises(ValueError, match="originals have shape"):
+        check_orientation(torch.zeros(2, 40, 40), torch.zeros(3, 28, 28))
