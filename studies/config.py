@@ -14,6 +14,10 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist"
     augmentation: str = "shift2"
+    # Expanded MNIST: place each digit at a random position on a canvas x canvas black image
+    # (a fresh position per batch; a fixed, seeded one for the validation and test sets).
+    # 0 keeps the native size.
+    canvas: int = 0
     epochs: int = 1
     # The first `train_size` training images (None: all but the validation hold-out).
     train_size: int | None = None
@@ -44,6 +48,7 @@ class TrainConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
             (self.lr_decay_steps >= 1, f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}"),
+            (self.canvas == 0 or self.canvas >= 28, f"canvas must be 0 or >= 28, got {self.canvas}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -230,7 +230,7 @@ class StudyRunner:
             trial.set_user_attr("config", config.to_dict())
             started = time.time()
             try:
-                outcome = TASKS[self.spec.kind](self.spec, config, None)
+                outcome = TASKS[self.spec.kind](self.spec, self.spec.profile(self.options.profile), config, None)
             except Diverged as error:
                 trial.set_user_attr(FAILURE_ATTR, f"diverged: {error}")
                 self.study.tell(trial, state=TrialState.FAIL)

@@ -14,6 +14,14 @@ from studies import datasets
 from studies.augment import parse_augmentation
 from studies.config import TrainConfig
 from studies.devices import autocast, device_name, resolve_device, synchronize
+from studies.expanded import expanded_test_set, place_on_canvas
+
+# The expanded validation/test sets are the same for every trial, whatever its seed.
+EXPANDED_EVAL_SEED = 1234
+
+
+class StopTraining(Exception):
+    """Raised by an epoch callback to end training early (e.g. a target accuracy reached)."""
 
 
 class Diverged(RuntimeError):
@@ -71,12 +79,15 @@ def load_splits(config: TrainConfig, device: torch.device) -> tuple[Split, Split
     if config.test_size and config.test_size > test_labels.shape[0]:
         raise ValueError(f"test_size {config.test_size} exceeds the {test_labels.shape[0]} test images")
 
-    def split(images, labels, part: slice) -> Split:
-        return Split(images[part].unsqueeze(1).to(device), labels[part].to(device))
+    def split(images, labels, part: slice, expand: bool = False) -> Split:
+        images = images[part]
+        if expand and config.canvas:
+            images = expanded_test_set(images, EXPANDED_EVAL_SEED, config.canvas)
+        return Split(images.unsqueeze(1).to(device), labels[part].to(device))
 
     train = split(train_images, train_labels, slice(0, train_size))
-    val = split(train_images, train_labels, slice(total - config.val_size, total)) if config.val_size else None
-    test = split(test_images, test_labels, slice(0, config.test_size))
+    val = split(train_images, train_labels, slice(total - config.val_size, total), True) if config.val_size else None
+    test = split(test_images, test_labels, slice(0, config.test_size), True)
     return train, val, test
 
 
@@ -118,8 +129,9 @@ def train(
     on_epoch: EpochCallback | None = None,
     model: torch.nn.Module | None = None,
 ) -> TrainResult:
-    """Train `config` and test it. `on_epoch(record, model)` runs after every epoch and may
-    raise (e.g. to prune); `model` replaces the freshly built one (e.g. resumed weights)."""
+    """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
+    raise StopTraining to end early, or anything else to abort (e.g. to prune). `model`
+    replaces the freshly built one and is trained in place (callers keep a handle on it)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -128,7 +140,7 @@ def train(
         raise ValueError(f"unknown dataset {config.dataset!r}; valid datasets: {', '.join(datasets.DATASETS)}")
     train_split, val_split, test_split = load_splits(config, device)
     if model is None:
-        model = build_model(config, train_split.images.shape[-1], num_classes=info.num_classes)
+        model = build_model(config, config.canvas or train_split.images.shape[-1], num_classes=info.num_classes)
     model.to(device).train()
     augment = parse_augmentation(config.augmentation)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -155,6 +167,8 @@ def train(
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             images, labels = to_float(train_split.images[index]), train_split.labels[index]
+            if config.canvas:
+                images = place_on_canvas(images, generator, config.canvas)
             if augment is not None:
                 images = augment(images, generator)
             with autocast(device, config.bf16):
@@ -182,7 +196,10 @@ def train(
             record["val_accuracy"] = evaluate(model, val_split, config.eval_batch_size, bf16=config.bf16)
         history.append(record)
         if on_epoch is not None:
-            on_epoch(record, model)
+            try:
+                on_epoch(record, model)
+            except StopTraining:
+                break
 
     test_accuracy = evaluate(model, test_split, config.eval_batch_size, bf16=config.bf16)
     return TrainResult(
@@ -191,7 +208,7 @@ def train(
         test_error=1.0 - test_accuracy,
         history=history,
         train_seconds=train_seconds,
-        train_images_per_s=config.epochs * len(train_split) / train_seconds,
+        train_images_per_s=len(history) * len(train_split) / train_seconds,
         params=sum(p.numel() for p in model.parameters()),
         train_images=len(train_split),
         test_images=len(test_split),
