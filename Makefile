@@ -41,10 +41,12 @@ test: data
 # STORAGE= an Optuna storage URL or journal:<path> (default: SQLite under results/<profile>).
 STUDY_ARGS = --profile $(PROFILE) $(if $(STUDY),--study $(STUDY)) $(if $(DATASET),--dataset $(DATASET)) \
 	$(if $(STORAGE),--storage $(STORAGE))
+# WORKERS=N: N worker processes on this machine share the studies.
+WORKERS ?= 1
 
 # The main job: trains what is missing (never retrains), then rebuilds the report.
 study: data
-	$(BIN)/python -m studies run $(STUDY_ARGS)
+	$(BIN)/python -m studies run $(STUDY_ARGS) --workers $(WORKERS)
 
 # Tables, figures and REPORT.md from the stored trials, without training.
 report: $(INSTALLED)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import models
@@ -131,6 +132,8 @@ def _add_run_parser(commands) -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between a running trial's heartbeats")
     parser.add_argument("--grace", type=float, default=60.0, help="seconds without heartbeat before a trial counts as dead")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes on this machine sharing the studies (journal storage by default)")
     parser.set_defaults(run=_run_studies)
 
 
@@ -160,13 +163,54 @@ def _run_options(args):
         device=getattr(args, "device", "auto"), data_root=getattr(args, "data_root", None),
         progress=not getattr(args, "no_progress", False),
         heartbeat_s=getattr(args, "heartbeat", 10.0), grace_s=getattr(args, "grace", 60.0),
+        workers=getattr(args, "workers", 1),
     )
+
+
+def _run_workers(args, argv: list[str]) -> None:
+    """Start `--workers` copies of this command as one-worker processes on one storage."""
+    import subprocess
+
+    from studies.storage import default_url, ensure_writable, results_dir
+
+    storage = args.storage or default_url(ensure_writable(results_dir(args.profile, args.results)), args.workers)
+    print(f"{args.workers} workers on {storage}")
+    child = [sys.executable, "-m", "studies", *_without(argv, {"--workers", "--storage"}),
+             "--workers", "1", "--no-report", "--no-progress", "--storage", storage]
+    # Split the cores between the workers instead of oversubscribing them.
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    env = dict(os.environ, CAPSBENCH_THREADS=str(threads))
+    workers = [subprocess.Popen(child, env=env) for _ in range(args.workers)]
+    failed = sum(worker.wait() != 0 for worker in workers)
+    if failed:
+        raise SystemExit(f"error: {failed} of {args.workers} workers failed; see their messages above")
+    args.storage = storage
+
+
+def _without(argv: list[str], flags: set[str]) -> list[str]:
+    """`argv` without the given value-taking options (as `--flag value` or `--flag=value`)."""
+    kept, skip_value = [], False
+    for item in argv:
+        if skip_value:
+            skip_value = False
+        elif item.split("=", 1)[0] in flags:
+            skip_value = "=" not in item
+        else:
+            kept.append(item)
+    return kept
 
 
 def _run_studies(args) -> None:
     from studies.engine import run_study
 
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     specs = _selected_specs(args)
+    if args.workers > 1:
+        _run_workers(args, args.argv)
+        if not args.no_report:
+            _write_report(specs, _run_options(args))
+        return
     options = _run_options(args)
     for spec in specs:
         counts = run_study(spec, options)
@@ -198,7 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    if os.environ.get("CAPSBENCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["CAPSBENCH_THREADS"]))
     from studies.errors import USER_ERRORS
 
     try:

@@ -7,6 +7,7 @@ below lets any later worker notice it (no beat for `grace_s`), fail it and retra
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from studies.spec import Point, StudySpec
 from studies.storage import open_storage, results_dir
-from studies.tasks import TASKS
+from studies.tasks import TASKS, TrainHooks, preflight
 from studies.train import Diverged, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -41,6 +42,11 @@ class RunOptions:
     progress: bool = True
     heartbeat_s: float = 10.0
     grace_s: float = 60.0
+    workers: int = 1
+
+    @property
+    def results(self):
+        return results_dir(self.profile, self.results_root)
 
 
 def study_name(spec: StudySpec, profile: str) -> str:
@@ -48,7 +54,7 @@ def study_name(spec: StudySpec, profile: str) -> str:
 
 
 def open_study(spec: StudySpec, options: RunOptions) -> optuna.Study:
-    storage = open_storage(options.storage, results_dir(options.profile, options.results_root))
+    storage = open_storage(options.storage, options.results, options.workers)
     study = optuna.create_study(
         study_name=study_name(spec, options.profile), storage=storage, direction="minimize", load_if_exists=True
     )
@@ -170,6 +176,9 @@ def _superseded(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
 class StudyRunner:
     def __init__(self, spec: StudySpec, options: RunOptions):
         self.spec, self.options = spec, options
+        profile = spec.profile(options.profile)
+        preflight(spec, profile, spec.train_config(spec.points(options.profile)[0], options.profile,
+                                                   device=options.device, data_root=options.data_root))
         self.study = open_study(spec, options)
         self.points = {p.key: p for p in spec.points(options.profile)}
         self.choices = param_choices(spec, options.profile)
@@ -229,23 +238,37 @@ class StudyRunner:
             config = self._config(point, nuisance)
             trial.set_user_attr("config", config.to_dict())
             started = time.time()
+            checkpoint = self._checkpoint_path(key)
+            if checkpoint.exists():
+                tqdm.write(f"resuming {key} from its last checkpoint")
             try:
-                outcome = TASKS[self.spec.kind](self.spec, self.spec.profile(self.options.profile), config, None)
+                outcome = TASKS[self.spec.kind](self.spec, self.spec.profile(self.options.profile), config,
+                                                TrainHooks(checkpoint=checkpoint))
             except Diverged as error:
                 trial.set_user_attr(FAILURE_ATTR, f"diverged: {error}")
                 self.study.tell(trial, state=TrialState.FAIL)
+                checkpoint.unlink(missing_ok=True)
                 tqdm.write(f"FAILED {key}: diverged: {error}")
                 return
+            except BaseException as error:  # recorded, then raised: a bug must stay visible
+                trial.set_user_attr(FAILURE_ATTR, f"error: {type(error).__name__}: {error}"[:500])
+                self.study.tell(trial, state=TrialState.FAIL)
+                raise
             trial.set_user_attr("metrics", outcome.metrics)
             if outcome.rows:
                 trial.set_user_attr("rows", json.dumps(outcome.rows))
             trial.set_user_attr("wall_seconds", time.time() - started)
         self.study.tell(trial, outcome.objective)
+        checkpoint.unlink(missing_ok=True)
         self.trained += 1
         bar.update(0)
         tqdm.write(f"done {key}: test error {100 * outcome.metrics['test_error']:.2f}% "
                    f"in {time.time() - started:.0f} s")
 
+
+    def _checkpoint_path(self, key: str):
+        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+        return self.options.results / "checkpoints" / self.study.study_name / f"{digest}.pt"
 
     def _config(self, point: Point, overrides: dict[str, Any] | None = None):
         return self.spec.train_config(

@@ -52,7 +52,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             **{f"nuisance_{k}": v for k, v in trial.user_attrs.get("nuisance", {}).items()},
             **metrics,
             "batch_size": config.get("batch_size"),
-            "lr": config.get("lr"),
+            **({} if "lr" in trial.params else {"learning_rate": config.get("lr")}),
             "wall_seconds": trial.user_attrs.get("wall_seconds"),
             "started": trial.datetime_start,
             "completed": trial.datetime_complete,
@@ -80,7 +80,7 @@ def _point_columns(frame: pd.DataFrame) -> list[str]:
 
 def _param_columns(frame: pd.DataFrame) -> list[str]:
     """Scientific parameter columns: everything stored as an Optuna param but the seed."""
-    known = {"trial", "seed", "started", "completed", "wall_seconds", "batch_size", "lr"}
+    known = {"trial", "seed", "started", "completed", "wall_seconds", "batch_size", "learning_rate"}
     metric_like = {"test_accuracy", "test_error", "train_seconds", "train_images_per_s", "params",
                    "train_images", "test_images", "epochs", "device", "torch_version", "target_accuracy",
                    "reached_target", "matched_epoch", "clean_accuracy", "affnist_accuracy",
@@ -110,34 +110,50 @@ def _format_recon(value) -> str:
     return "no" if float(value) == 0 else f"yes ({float(value):g})"
 
 
+PARAM_TITLES = {"routing_iters": "Routing", "recon_weight": "Reconstruction", "augmentation": "Augmentation"}
+MODEL_ORDER = {"cnn_paper": 0, "cnn_pool": 1, "capsnet": 2}
+
+
+def _display(column: str, value) -> Any:
+    if pd.isna(value):
+        return "-"
+    if column == "recon_weight":
+        return _format_recon(value)
+    if column == "routing_iters":
+        return int(value)
+    return value
+
+
+def _sort_key(value) -> tuple:
+    return (0, value) if isinstance(value, (int, float)) and not pd.isna(value) else (1, str(value))
+
+
 def table1(frame: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
-    """Paper Table 1 layout: one row per configuration, error as mean ± sample sd over seeds."""
-    frame = frame.copy()
-    for column in ("routing_iters", "recon_weight", "augmentation"):
-        if column not in frame:
-            frame[column] = None
-    keys = ["model", "routing_iters", "recon_weight", "augmentation"]
-    order = {"cnn_paper": 0, "cnn_pool": 1, "capsnet": 2}
-    grouped = frame.assign(error=100 * frame["test_error"]).groupby(keys, dropna=False)
+    """Paper Table 1 layout: one row per configuration (model x scientific parameters), test
+    error as mean ± sample sd over seeds, with the paper's value where it has one."""
+    params = sorted(_param_columns(frame), key=lambda c: (c not in PARAM_TITLES, list(PARAM_TITLES).index(c)
+                                                          if c in PARAM_TITLES else 0, c))
+    params = [c for c in params if c != "model"]
+    grouped = frame.assign(error=100 * frame["test_error"]).groupby(["model", *params], dropna=False)
     rows = []
-    for (model, routing, recon, augmentation), group in grouped:
+    for key, group in grouped:
+        values = dict(zip(["model", *params], key))
         std = group["error"].std(ddof=1) if len(group) > 1 else float("nan")
-        rows.append({
-            "_order": (order.get(model, 9), str(augmentation), routing if pd.notna(routing) else 0,
-                       recon if pd.notna(recon) else 0),
-            "Model": model,
-            "Routing": "-" if pd.isna(routing) else int(routing),
-            "Reconstruction": _format_recon(recon),
-            "Augmentation": augmentation,
+        row = {"_order": (MODEL_ORDER.get(values["model"], 9), *(_sort_key(values[c]) for c in params)),
+               "Model": values["model"]}
+        row.update({PARAM_TITLES.get(c, c): _display(c, values[c]) for c in params})
+        row.update({
             "Test error % (mean ± sd)": f"{group['error'].mean():.2f} ± {std:.2f}" if len(group) > 1
             else f"{group['error'].mean():.2f}",
             "Seeds": len(group),
             "Parameters": f"{int(group['params'].iloc[0]):,}",
             "Train s / seed": f"{group['train_seconds'].mean():.0f}",
-            "Paper error %": table1_value(model, routing, recon if pd.notna(recon) else 0, str(augmentation), spec.dataset),
+            "Paper error %": table1_value(values["model"], values.get("routing_iters"), values.get("recon_weight", 0)
+                                          if not pd.isna(values.get("recon_weight", 0)) else 0,
+                                          str(values.get("augmentation")), spec.dataset),
         })
-    table = pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
-    return table
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("_order").drop(columns="_order").reset_index(drop=True)
 
 
 def write_latex(table: pd.DataFrame, path: Path, caption: str) -> None:

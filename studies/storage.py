@@ -1,6 +1,8 @@
 """Where studies are stored: SQLite by default, any Optuna storage URL otherwise.
 
-- nothing given: `sqlite:///results/<profile>/studies.db` (embedded, nothing to start);
+- nothing given: `sqlite:///results/<profile>/studies.db` (embedded, nothing to start), or
+  the journal file `results/<profile>/studies.journal` when several workers run or when that
+  file already exists (so later runs and reports find the trials the workers stored);
 - `journal:<path>` (or a path ending in .journal): Optuna's JournalFileBackend, for several
   processes on one machine;
 - any SQLAlchemy URL (`postgresql://...`, `mysql://...`, `sqlite:///...`): RDB storage,
@@ -35,13 +37,16 @@ def ensure_writable(directory: Path) -> Path:
     return directory
 
 
-def default_url(directory: Path) -> str:
+def default_url(directory: Path, workers: int = 1) -> str:
+    journal = directory / "studies.journal"
+    if workers > 1 or journal.exists():
+        return f"journal:{journal}"
     return f"sqlite:///{directory / 'studies.db'}"
 
 
-def open_storage(url: str | None, directory: Path) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url` (None: the profile's SQLite file); fails in one line."""
-    url = url or default_url(ensure_writable(directory))
+def open_storage(url: str | None, directory: Path, workers: int = 1) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url` (None: the profile's default); fails in one line."""
+    url = url or default_url(ensure_writable(directory), workers)
     if url.startswith("journal:") or url.endswith(".journal"):
         path = Path(url.removeprefix("journal:"))
         ensure_writable(path.parent if str(path.parent) else Path("."))

@@ -34,7 +34,15 @@ class TaskOutcome:
         return float(self.metrics["test_error"])
 
 
-Task = Callable[[StudySpec, Profile, TrainConfig, EpochCallback | None], TaskOutcome]
+@dataclass(frozen=True)
+class TrainHooks:
+    """What the engine hands to a task's training: an epoch callback and a checkpoint path."""
+
+    on_epoch: EpochCallback | None = None
+    checkpoint: Path | None = None
+
+
+Task = Callable[[StudySpec, Profile, TrainConfig, TrainHooks], TaskOutcome]
 TASKS: dict[str, Task] = {}
 
 
@@ -73,8 +81,8 @@ def _chain(*callbacks: EpochCallback | None) -> EpochCallback:
 
 
 @task("accuracy")
-def accuracy_task(spec: StudySpec, profile: Profile, config: TrainConfig, on_epoch: EpochCallback | None) -> TaskOutcome:
-    return TaskOutcome(metrics=train_metrics(train(config, on_epoch=on_epoch)))
+def accuracy_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
+    return TaskOutcome(metrics=train_metrics(train(config, hooks.on_epoch, checkpoint=hooks.checkpoint)))
 
 
 # --- affNIST at matched clean accuracy ------------------------------------------------------
@@ -111,7 +119,7 @@ def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> Robus
 
 
 @task("affnist")
-def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, on_epoch: EpochCallback | None) -> TaskOutcome:
+def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
     target = float(profile.extra.get("target_accuracy", spec.settings.get("target_accuracy", 0.992)))
     device = resolve_device(config.device)
     _, _, clean_test = load_splits(config, device)
@@ -127,7 +135,7 @@ def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, on_epoc
             raise StopTraining
 
     model = build_model(config, config.canvas)
-    result = train(config, on_epoch=_chain(on_epoch, check_target), model=model)
+    result = train(config, _chain(hooks.on_epoch, check_target), model, hooks.checkpoint)
     metrics = train_metrics(result)
     metrics.update(
         target_accuracy=target,
@@ -142,6 +150,18 @@ def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, on_epoc
         robustness_details=robustness.details,
     )
     return TaskOutcome(metrics=metrics)
+
+
+PREFLIGHTS: dict[str, Callable[[StudySpec, Profile, TrainConfig], object]] = {"affnist": affnist_set}
+
+
+def preflight(spec: StudySpec, profile: Profile, config: TrainConfig) -> None:
+    """Load what every trial will need once, so bad input fails before anything is stored."""
+    from studies import datasets
+
+    datasets.prepare(spec.dataset, config.data_root)
+    if spec.kind in PREFLIGHTS:
+        PREFLIGHTS[spec.kind](spec, profile, config)
 
 
 # --- rotation and translation sweeps ------------------------------------------------------
@@ -161,14 +181,14 @@ def _sweep(model, split: Split, batch_size: int, transform: str, amounts: list[f
 
 
 @task("rotation")
-def rotation_task(spec: StudySpec, profile: Profile, config: TrainConfig, on_epoch: EpochCallback | None) -> TaskOutcome:
+def rotation_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
     angles = list(spec.settings.get("angles", range(-180, 181, 15)))
     shifts = list(spec.settings.get("shifts", range(-6, 7, 2)))
     angles = list(profile.extra.get("angles", angles))
     shifts = list(profile.extra.get("shifts", shifts))
     device = resolve_device(config.device)
     model = build_model(config, 28)
-    result = train(config, on_epoch=on_epoch, model=model)
+    result = train(config, hooks.on_epoch, model, hooks.checkpoint)
     _, _, test = load_splits(config, device)
     rows = _sweep(model, test, config.eval_batch_size, "rotation", angles)
     rows += _sweep(model, test, config.eval_batch_size, "translation", shifts)

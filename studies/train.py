@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -122,16 +124,44 @@ def evaluate(
 
 
 EpochCallback = Callable[[dict[str, float], torch.nn.Module], None]
+# What must match for a checkpoint to be resumed (not where or how verbosely it runs).
+RUN_INDEPENDENT = ("device", "data_root", "progress")
+
+
+def _run_identity(config: TrainConfig) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k not in RUN_INDEPENDENT}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic write, so a crash mid-save leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path | None, config: TrainConfig, device: torch.device) -> dict | None:
+    """The checkpoint of this exact configuration, or None (absent, unreadable or another run's)."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception:  # a torn or foreign file is not trusted; training starts over
+        return None
+    return state if state.get("identity") == _run_identity(config) else None
 
 
 def train(
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
     model: torch.nn.Module | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
     raise StopTraining to end early, or anything else to abort (e.g. to prune). `model`
-    replaces the freshly built one and is trained in place (callers keep a handle on it)."""
+    replaces the freshly built one and is trained in place (callers keep a handle on it).
+    With `checkpoint`, the full training state is saved after every epoch, and a run of the
+    same configuration resumes from it: the same result as an uninterrupted run."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -151,7 +181,17 @@ def train(
     history: list[dict[str, float]] = []
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     train_seconds = 0.0
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    resumed = load_checkpoint(checkpoint, config, device)
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        generator.set_state(resumed["generator"].cpu())
+        torch.set_rng_state(resumed["cpu_rng"].cpu())
+        history, train_seconds = resumed["history"], resumed["train_seconds"]
+        first_epoch = resumed["epoch"] + 1
+    for epoch in range(first_epoch, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()
         order = torch.randperm(len(train_split), generator=generator, device=device)
@@ -200,6 +240,13 @@ def train(
                 on_epoch(record, model)
             except StopTraining:
                 break
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "identity": _run_identity(config), "epoch": epoch, "history": history,
+                "train_seconds": train_seconds, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+            })
 
     test_accuracy = evaluate(model, test_split, config.eval_batch_size, bf16=config.bf16)
     return TrainResult(

@@ -1,0 +1,164 @@
+"""Failures stay visible and harmless: divergence, bad input, checkpoints, determinism."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from studies.config import TrainConfig
+from studies.datasets import prepare
+from studies.train import train
+
+pytestmark = pytest.mark.data
+
+SPEC = """
+name = "tiny"
+[[arms]]
+model = "cnn_pool"
+[arms.scientific]
+{scientific}
+[profiles.smoke]
+seeds = [0]
+train_size = 64
+test_size = 100
+epochs = 1
+batch_size = 16
+"""
+
+
+def write_spec(tmp_path, scientific='augmentation = ["none", "shift2"]', name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(SPEC.format(scientific=scientific)))
+    return path
+
+
+def run(*args, results, data_root=None):
+    env = dict(os.environ, CAPSBENCH_RESULTS=str(results))
+    extra = ["--data-root", str(data_root)] if data_root else []
+    return subprocess.run([sys.executable, "-m", "studies", "run", *args, "--profile", "smoke", "--no-progress", *extra],
+                          env=env, capture_output=True, text=True)
+
+
+def one_line_error(done, fragment):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
+    spec = write_spec(tmp_path, scientific="lr = [0.001, 1000000.0]")
+    results = tmp_path / "results"
+    done = run("--study", str(spec), results=results)
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="tiny.mnist.smoke", storage=f"sqlite:///{results / 'smoke' / 'studies.db'}")
+    states = {t.params["lr"]: t for t in study.get_trials()}
+    assert states[0.001].state == TrialState.COMPLETE
+    failed = states[1000000.0]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["failure"] == "diverged: loss became nan at epoch 1, step 1"
+    report = (results / "smoke" / "REPORT.md").read_text()
+    assert "Failed trials" in report and "diverged: loss became nan at epoch 1, step 1" in report
+    again = run("--study", str(spec), results=results)  # a diverged point is final, not retried
+    assert again.returncode == 0 and len(study.get_trials()) == 2
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A results directory holding one finished study, to check that bad input leaves it alone."""
+    tmp_path = tmp_path_factory.mktemp("stored")
+    results = tmp_path / "results"
+    done = run("--study", str(write_spec(tmp_path)), results=results)
+    assert done.returncode == 0, done.stderr
+    return tmp_path, results, results / "smoke" / "studies.db"
+
+
+def test_spec_with_unknown_key_is_rejected_before_anything_is_stored(stored, tmp_path):
+    _, results, database = stored
+    before = digest(database)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(write_spec(tmp_path).read_text() + "\nbogus = 1\n")
+    one_line_error(run("--study", str(bad), results=results), "unknown key(s) bogus")
+    wrong_type = write_spec(tmp_path, scientific='epochs = ["two"]', name="type.toml")
+    one_line_error(run("--study", str(wrong_type), results=results), "epochs = 'two' should be of type int")
+    impossible = write_spec(tmp_path, scientific="batch_size = [0]", name="range.toml")
+    one_line_error(run("--study", str(impossible), results=results), "batch_size must be >= 1")
+    assert digest(database) == before
+
+
+def test_unreachable_storage_is_one_line(stored):
+    spec_dir, results, _ = stored
+    done = run("--study", str(spec_dir / "tiny.toml"), "--storage", "sqlite:////nonexistent/dir/x.db", results=results)
+    one_line_error(done, "cannot open storage sqlite:////nonexistent/dir/x.db")
+
+
+def test_unwritable_results_directory_is_one_line(stored, tmp_path):
+    spec_dir, _, _ = stored
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the results directory should be")
+    one_line_error(run("--study", str(spec_dir / "tiny.toml"), results=blocker), "is not writable")
+    assert blocker.read_text() == "a file where the results directory should be"
+
+
+def test_corrupt_dataset_is_one_line_and_changes_nothing(stored, tmp_path):
+    spec_dir, results, database = stored
+    before = digest(database)
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(prepare("mnist"), raw)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])
+    done = run("--study", str(spec_dir / "tiny.toml"), results=results, data_root=tmp_path / "data")
+    one_line_error(done, "train-images-idx3-ubyte")
+    assert digest(database) == before and len(images.read_bytes()) == 1000
+
+
+def test_affnist_file_with_missing_field_is_one_line_and_changes_nothing(stored, tmp_path):
+    import numpy as np
+    import scipy.io
+
+    _, results, database = stored
+    before = digest(database)
+    data = tmp_path / "data"
+    shutil.copytree(prepare("mnist"), data / "MNIST" / "raw")
+    (data / "affNIST").mkdir()
+    scipy.io.savemat(data / "affNIST" / "test.mat", {"affNISTdata": {"image": np.zeros((1600, 3), np.uint8)}})
+    done = run("--study", "affnist", results=results, data_root=data)
+    one_line_error(done, "label_int")
+    assert digest(database) == before
+
+
+def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
+    config = TrainConfig(model="cnn_pool", train_size=48, test_size=50, epochs=2, batch_size=16, progress=False)
+    straight = train(config)
+    checkpoint = tmp_path / "trial.pt"
+
+    def crash_in_epoch_2(record, model):
+        if record["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        train(config, on_epoch=crash_in_epoch_2, checkpoint=checkpoint)
+    assert checkpoint.exists()  # holds epoch 1
+    resumed = train(config, checkpoint=checkpoint)
+    assert resumed.test_accuracy == straight.test_accuracy
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
+def test_the_same_spec_and_seed_give_identical_metrics(stored, tmp_path):
+    spec_dir, results, _ = stored
+    again = tmp_path / "again"
+    done = run("--study", str(spec_dir / "tiny.toml"), results=again)
+    assert done.returncode == 0, done.stderr
+    columns = ["augmentation", "seed", "test_accuracy", "test_error", "params"]
+    first = pd.read_csv(results / "smoke" / "tiny.csv")[columns].sort_values("augmentation").reset_index(drop=True)
+    second = pd.read_csv(again / "smoke" / "tiny.csv")[columns].sort_values("augmentation").reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, second)
