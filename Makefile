@@ -8,7 +8,7 @@ PROFILE ?= quick
 STUDY ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data system-packages test study report clean-venv
+.PHONY: setup data system-packages test study report bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ study: data
 # Tables, figures and REPORT.md from the stored trials, without training.
 report: $(INSTALLED)
 	$(BIN)/python -m studies report $(STUDY_ARGS)
+
+BENCH_ARGS ?=
+# Throughput tables: results/$(PROFILE)/throughput-<device>-<dtype>[-compiled].{csv,md}
+bench: $(INSTALLED)
+	$(BIN)/python -m bench --profile $(PROFILE) $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

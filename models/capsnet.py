@@ -70,6 +70,279 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     return s * (sq_norm / (1.0 + sq_norm) / torch.sqrt(sq_norm + eps))
 
 
+# Routing is memory-bound: the vote tensor u_hat (batch x 1152 x 10 x 16 floats, 47 MB at
+# batch 64) is far larger than the caches, while routing does a few flops per element. So:
+#   - u_hat is written once, by one batched GEMM over the child axis, straight into the layout
+#     routing reads best: (children, dim, parents, batch). The reductions over dim and the
+#     softmax over parents then run over an outer axis with the contiguous batch axis inside,
+#     which vectorises (PyTorch's CPU reductions over a short innermost axis are 5-20x slower);
+#   - each routing iteration is one sweep over blocks of children sized for the last-level
+#     cache (8 MB): agreement, logit update, softmax over parents and the weighted sum for the
+#     next iteration all use the block while it is in cache, so u_hat is read from memory once
+#     per iteration; its memory is kept between steps (`_Workspace`) instead of re-allocated;
+#   - the first iteration uses the uniform coupling 1/parents (b = 0) without a softmax;
+#   - the backward is written by hand: the gradient of u_hat is a sum of rank-one terms
+#     c_t (x) ds_t + da_t (x) v_t, formed block by block and fed straight into the two GEMMs
+#     that give the gradients of u and W, so it is never materialised either.
+# The maths is the paper's Procedure 1 unchanged (softmax over parents, no stop-gradient unless
+# `detach_inner`); tests/test_routing_equivalence.py checks outputs and gradients against a
+# straightforward broadcast implementation. Off the CPU one block spans all children, so the
+# same code issues a few large kernels.
+# Bigger blocks mean fewer (OpenMP-parallel) ops per step, which matters when other processes
+# share the cores; 2 MB and 8 MB blocks measured the same on the 2-core CPU, one 47 MB block slower.
+_BLOCK_BYTES = 1 << 23
+
+
+def _blocks(children: int, bytes_per_child: int, device: torch.device):
+    if device.type != "cpu":
+        yield slice(0, children)
+        return
+    step = max(1, min(children, _BLOCK_BYTES // max(1, bytes_per_child)))
+    for start in range(0, children, step):
+        yield slice(start, min(children, start + step))
+
+
+def _storage_users(tensor: torch.Tensor) -> int | None:
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return None
+    return use_count(tensor.untyped_storage()._cdata)
+
+
+class _Workspace:
+    """The vote tensor's memory, kept from one forward to the next.
+
+    Allocating 47 MB afresh every step costs the page faults of touching new memory (~10-20 ms
+    on the CPU, over 32 MB glibc always maps fresh pages). The buffer is reused only when nothing
+    else holds it: no autograd graph that saved it for a backward still pending, no view of it.
+    Otherwise (or without the private use-count query) a new buffer is allocated, so reuse can
+    never change a result.
+    """
+
+    def __init__(self):
+        self.tensor: torch.Tensor | None = None
+
+    def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        cached = self.tensor
+        if (
+            cached is not None
+            and cached.shape == shape
+            and cached.dtype == like.dtype
+            and cached.device == like.device
+            # a buffer made under inference_mode cannot be written outside it (and vice versa
+            # it would be needlessly tracked)
+            and cached.is_inference() == torch.is_inference_mode_enabled()
+            and not torch.compiler.is_compiling()
+            and _storage_users(cached) == _FREE_USERS
+        ):
+            return cached
+        self.tensor = None
+        fresh = like.new_empty(shape)
+        if not torch.compiler.is_compiling():
+            self.tensor = fresh
+        return fresh
+
+    # Copies and pickles of a model start with an empty workspace.
+    def __deepcopy__(self, memo):
+        return _Workspace()
+
+    def __getstate__(self):
+        return {}
+
+    def __setstate__(self, state):
+        self.tensor = None
+
+
+_FREE_USERS = _storage_users(torch.empty(1))
+
+
+def _squash_backward(s: torch.Tensor, grad_v: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        s = s.detach().requires_grad_(True)
+        (grad_s,) = torch.autograd.grad(squash(s, dim=0), s, grad_v)
+    return grad_s
+
+
+class _RoutingState:
+    """What the forward keeps for the backward: s_t, v_t (dim, parents, batch) and c_t."""
+
+    def __init__(self):
+        self.s: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.c: list[torch.Tensor | None] = []  # (children, parents, batch); None: uniform
+
+
+def _route_forward(
+    votes: torch.Tensor,
+    first_sum: torch.Tensor,
+    parents: int,
+    iters: int,
+    couplings: list[torch.Tensor] | None,
+) -> tuple[torch.Tensor, _RoutingState]:
+    """votes: (children, dim, parents * batch); first_sum: its sum over children.
+
+    Returns v as (dim, parents * batch) and the state for the backward. No autograd here.
+    """
+    children, dim, width = votes.shape
+    batch = width // parents
+    state = _RoutingState()
+    s = first_sum / parents  # c_1 = 1 / parents
+    v = squash(s, dim=0)
+    state.s.append(s)
+    state.v.append(v)
+    state.c.append(None)
+    if couplings is not None:
+        couplings.append(votes.new_full((), 1.0 / parents).expand(batch, children, parents))
+    if iters > 1:
+        logits = votes.new_zeros(children, parents, batch)
+    for _ in range(1, iters):
+        coupling = torch.empty_like(logits)
+        s = votes.new_zeros(dim, width)
+        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
+            block = votes[part]
+            block_logits = logits[part]
+            block_logits += (block * v).sum(1).view_as(block_logits)  # u_hat . v_j
+            torch.softmax(block_logits, dim=1, out=coupling[part])  # over the parents
+            s += (block * coupling[part].view(-1, 1, width)).sum(0)
+        v = squash(s, dim=0)
+        state.s.append(s)
+        state.v.append(v)
+        state.c.append(coupling)
+        if couplings is not None:
+            couplings.append(coupling.permute(2, 0, 1))
+    return v, state
+
+
+def _route_backward(
+    votes: torch.Tensor, state: _RoutingState, grad_v: torch.Tensor, detach_inner: bool
+) -> list[tuple[torch.Tensor | float, torch.Tensor]]:
+    """Gradient of u_hat as rank-one factors [(f, g)]:
+    d u_hat[i, :, j, b] = sum over factors of f[i, j, b] * g[:, j, b].
+
+    f is a (children, parents, batch) tensor or a scalar (the uniform first coupling);
+    g is (dim, parents * batch).
+    """
+    children, dim, width = votes.shape
+    iters = len(state.v)
+    factors: list[tuple[torch.Tensor | float, torch.Tensor]] = []
+    grad_s = _squash_backward(state.s[-1], grad_v)
+    if detach_inner or iters == 1:
+        # With stop-gradients the couplings are constants: only s_T = sum c_T u_hat carries it.
+        last_c = state.c[-1]
+        factors.append((state.uniform if last_c is None else last_c, grad_s))
+        return factors
+    parents = state.c[-1].shape[1]
+    grad_logits = votes.new_zeros(children, parents, width // parents)  # d/d a_t, accumulated
+    for t in range(iters - 1, 0, -1):  # 0-based: iteration t used c_t, which came from a_{t-1}
+        coupling = state.c[t]
+        factors.append((coupling, grad_s))
+        grad_v_prev = votes.new_zeros(dim, width)
+        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
+            block = votes[part]
+            block_c = coupling[part]
+            grad_c = (block * grad_s).sum(1).view_as(block_c)
+            block_grad_logits = grad_logits[part]
+            # softmax backward over the parents
+            block_grad_logits += block_c * (grad_c - (block_c * grad_c).sum(1, keepdim=True))
+            grad_v_prev += (block * block_grad_logits.view(-1, 1, width)).sum(0)
+        factors.append((grad_logits.clone(), state.v[t - 1]))
+        grad_s = _squash_backward(state.s[t - 1], grad_v_prev)
+    factors.append((state.uniform, grad_s))
+    return factors
+
+
+def _votes_grad_block(factors, part: slice) -> torch.Tensor:
+    """Rows `part` of d u_hat, (n, dim, parents * batch), from its rank-one factors."""
+    out = None
+    for f, g in factors:
+        if isinstance(f, float):
+            term = (g * f).expand(part.stop - part.start, -1, -1)
+            out = term.clone() if out is None else out.add_(term)
+        else:
+            fb = f[part].view(part.stop - part.start, 1, -1)
+            out = fb * g if out is None else out.addcmul_(fb, g)
+    return out
+
+
+class _RouteVotes(torch.autograd.Function):
+    """Routing on given votes (children, dim, parents * batch); the gradient is materialised."""
+
+    @staticmethod
+    def forward(ctx, votes, parents, iters, detach_inner, couplings):
+        v, state = _route_forward(votes, votes.sum(0), parents, iters, couplings)
+        state.uniform = 1.0 / parents
+        ctx.save_for_backward(votes)
+        ctx.state, ctx.detach_inner, ctx.parents = state, detach_inner, parents
+        return v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_v):
+        (votes,) = ctx.saved_tensors
+        factors = _route_backward(votes, ctx.state, grad_v, ctx.detach_inner)
+        grad = torch.empty_like(votes)
+        children, dim, width = votes.shape
+        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
+            grad[part] = _votes_grad_block(factors, part)
+        return grad, None, None, None, None
+
+
+class _VotesAndRoute(torch.autograd.Function):
+    """u_hat = W u as one bmm over children, then routing; the backward is fused the same way."""
+
+    @staticmethod
+    def forward(ctx, u_t, weight_t, parents, iters, detach_inner, couplings, workspace):
+        # u_t: (children, child_dim, batch); weight_t: (children, dim * parents, child_dim)
+        children, _, batch = u_t.shape
+        rows = weight_t.shape[1]
+        dim = rows // parents
+        votes = workspace.get((children, rows, batch), u_t)
+        first_sum = u_t.new_zeros(rows, batch)
+        for part in _blocks(children, rows * batch * u_t.element_size(), u_t.device):
+            torch.bmm(weight_t[part], u_t[part], out=votes[part])
+            first_sum += votes[part].sum(0)
+        votes = votes.view(children, dim, parents * batch)
+        v, state = _route_forward(votes, first_sum.view(dim, -1), parents, iters, couplings)
+        state.uniform = 1.0 / parents
+        ctx.save_for_backward(u_t, weight_t, votes)
+        ctx.state, ctx.detach_inner = state, detach_inner
+        return v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_v):
+        u_t, weight_t, votes = ctx.saved_tensors
+        factors = _route_backward(votes, ctx.state, grad_v, ctx.detach_inner)
+        children, dim, width = votes.shape
+        batch = u_t.shape[2]
+        grad_u = torch.empty_like(u_t) if ctx.needs_input_grad[0] else None
+        grad_w = torch.empty_like(weight_t) if ctx.needs_input_grad[1] else None
+        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
+            block = _votes_grad_block(factors, part).view(-1, weight_t.shape[1], batch)
+            if grad_u is not None:
+                torch.bmm(weight_t[part].transpose(1, 2), block, out=grad_u[part])
+            if grad_w is not None:
+                torch.bmm(block, u_t[part].transpose(1, 2), out=grad_w[part])
+        return grad_u, grad_w, None, None, None, None, None
+
+
+@torch.compiler.disable
+def _votes_and_route(u_t, weight_t, parents, iters, detach_inner, couplings, workspace):
+    # torch.compile runs this hand-scheduled part eagerly (a graph break) and compiles the
+    # convolutions, decoder and loss around it; tracing the blocked loops gains nothing.
+    return _VotesAndRoute.apply(u_t, weight_t, parents, iters, detach_inner, couplings, workspace)
+
+
+@torch.compiler.disable
+def _route_votes(votes, parents, iters, detach_inner, couplings):
+    return _RouteVotes.apply(votes, parents, iters, detach_inner, couplings)
+
+
+def _from_routing_layout(v: torch.Tensor, parents: int) -> torch.Tensor:
+    """(dim, parents * batch) -> (batch, parents, dim)."""
+    return v.view(v.shape[0], parents, -1).permute(2, 1, 0)
+
+
 def dynamic_routing(
     votes: torch.Tensor,
     iters: int,
@@ -79,21 +352,15 @@ def dynamic_routing(
     """Routing-by-agreement between children i and parents j (paper, Procedure 1).
 
     votes: u_hat with shape (batch, children, parents, dim). Returns v, (batch, parents, dim).
-    If `couplings` is a list, the coupling coefficients c_ij of every iteration are appended.
+    If `couplings` is a list, the coupling coefficients c_ij of every iteration are appended
+    as (batch, children, parents) tensors. c_1 is uniform: the logits b_ij start at 0.
     """
-    batch, children, parents, _ = votes.shape
-    inner_votes = votes.detach() if detach_inner else votes
-    logits = votes.new_zeros(batch, children, parents)
-    for iteration in range(iters):
-        last = iteration == iters - 1
-        coupling = logits.softmax(dim=-1)  # over the parents of each child
-        if couplings is not None:
-            couplings.append(coupling)
-        s = torch.einsum("bij,bijd->bjd", coupling, votes if last else inner_votes)
-        v = squash(s)
-        if not last:
-            logits = logits + torch.einsum("bijd,bjd->bij", inner_votes, v)
-    return v
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    batch, children, parents, dim = votes.shape
+    laid_out = votes.permute(1, 3, 2, 0).reshape(children, dim, parents * batch).contiguous()
+    v = _route_votes(laid_out, parents, iters, detach_inner, couplings)
+    return _from_routing_layout(v, parents)
 
 
 class PrimaryCaps(nn.Module):
@@ -126,15 +393,32 @@ class DigitCaps(nn.Module):
             config.weight_init_std
             * torch.randn(config.num_primary, config.num_classes, config.primary_dim, config.digit_dim)
         )
+        self._workspace = _Workspace()
+
+    def _laid_out(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u as (children, child_dim, batch), W as (children, dim * parents, child_dim)."""
+        children, parents, child_dim, dim = self.weight.shape
+        u_t = u.float().permute(1, 2, 0).contiguous()
+        weight_t = self.weight.float().permute(0, 3, 1, 2).reshape(children, dim * parents, child_dim)
+        return u_t, weight_t
 
     def votes(self, u: torch.Tensor) -> torch.Tensor:
-        """u_hat_{j|i} = u_i W_ij: (batch, children, child_dim) -> (batch, children, parents, dim)."""
-        return torch.einsum("bic,ijcd->bijd", u, self.weight)
+        """u_hat_{j|i} = W_ij u_i: (batch, children, child_dim) -> (batch, children, parents, dim)."""
+        children, parents, _, dim = self.weight.shape
+        u_t, weight_t = self._laid_out(u)
+        return torch.bmm(weight_t, u_t).view(children, dim, parents, -1).permute(3, 0, 2, 1)
 
     def forward(self, u: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return dynamic_routing(
-            self.votes(u), self.config.routing_iters, self.config.detach_inner, couplings
-        )
+        # Votes and routing in float32 even under autocast (softmax and squash of bf16 votes
+        # lose too much); the convolutions and the decoder still run in the autocast dtype.
+        parents = self.weight.shape[1]
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            u_t, weight_t = self._laid_out(u)
+            v = _votes_and_route(
+                u_t, weight_t, parents, self.config.routing_iters, self.config.detach_inner, couplings,
+                self._workspace,
+            )
+        return _from_routing_layout(v, parents)
 
 
 class Decoder(nn.Module):

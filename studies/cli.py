@@ -213,7 +213,12 @@ def _run_studies(args) -> None:
         return
     options = _run_options(args)
     for spec in specs:
-        counts = run_study(spec, options)
+        if spec.kind == "throughput":
+            from studies.throughput import run_throughput
+
+            counts = run_throughput(spec, options)
+        else:
+            counts = run_study(spec, options)
         print(f"{spec.name} [{spec.dataset}, {args.profile}]: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     if not args.no_report:
         _write_report(specs, options)

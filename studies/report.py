@@ -406,13 +406,18 @@ def extra_sections(out: Path) -> list[Section]:
     """Sections that other tools left as Markdown in the results directory (the benchmark)."""
     sections = []
     for table in sorted(out.glob("throughput-*.md")):
-        sections.append(Section(f"Throughput ({table.stem.removeprefix('throughput-')})", table.read_text(), [table]))
+        # The benchmark's own file starts at heading level 1; nest it under this section.
+        body = "\n".join(("##" + line) if line.startswith("#") else line for line in table.read_text().splitlines()[1:])
+        csv = table.with_suffix(".csv")
+        body += f"\n\nFiles: [{csv.name}]({csv.name}), [{table.name}]({table.name})\n"
+        sections.append(Section(f"Throughput ({table.stem.removeprefix('throughput-')})", body, [table]))
     return sections
 
 
 def build_report(specs: list[StudySpec], options: RunOptions, out: Path) -> Path:
     sections = []
     for spec in specs:
-        study = open_study(spec, options)
-        sections.append(SECTION_BUILDERS[spec.kind](spec, study, options, out))
+        if spec.kind in SECTION_BUILDERS:
+            study = open_study(spec, options)
+            sections.append(SECTION_BUILDERS[spec.kind](spec, study, options, out))
     return write_report(sections + extra_sections(out), options, out)

@@ -1,0 +1,410 @@
+"""The throughput benchmark: images/s of every registered model, plus the routing comparison.
+
+`run_benchmark(options) -> rows` and `write_tables(rows, out_dir) -> paths` are the API the
+study engine calls (the `throughput` study); `python -m bench` is the command line.
+
+Rows come in three sections:
+- "models": every registered model x batch size x mode (train step / inference);
+- "routing": our CapsNet against reference (a), the broadcast implementation, and reference
+  (b), the convolution stem alone (bench/references.py), timed round-robin at one batch size;
+- "data": the cost of preparing one training batch on the device (uint8 slice, float
+  conversion, shift2 augmentation), as a share of a CapsNet training step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import models
+from bench.references import BroadcastCapsNet, ConvStem
+from bench.timing import (
+    Timing,
+    count_flops,
+    interleaved_runs,
+    peak_memory_mb,
+    reset_peak_memory,
+    set_threads,
+    time_runs,
+)
+from studies.augment import parse_augmentation
+from studies.devices import autocast, device_name, resolve_device
+
+# The reference numbers and targets of issue 5, set for this project's 2-core CPU at batch 64,
+# 28x28, 3 routing iterations, with decoder.
+TARGETS = {
+    "speedup_vs_reference_a": 2.0,  # at least
+    "time_vs_stem": 1.25,  # at most
+    "train_images_per_s": 150.0,  # at least
+    "infer_images_per_s": 330.0,  # at least
+    "data_share_pct": 5.0,  # below
+}
+COMPARE_MODEL = "capsnet"
+REFERENCE_A = "reference_a_broadcast"
+REFERENCE_B = "reference_b_stem"
+
+
+@dataclass(frozen=True)
+class Profile:
+    batch_sizes: tuple[int, ...]
+    warmup: int
+    repeats: int
+    # Seconds of timed runs after which a row stops early (after at least 3 runs).
+    row_budget_s: float | None
+    compare_batch: int
+    compare_rounds: int
+    data_repeats: int
+
+
+# quick fits in about 3 minutes on the 2-core CPU: cnn_paper alone trains at ~29 images/s.
+PROFILES = {
+    "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, data_repeats=5),
+    "quick": Profile((32, 64, 128), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5, data_repeats=50),
+    "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64, compare_rounds=10, data_repeats=100),
+    "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64, compare_rounds=20, data_repeats=200),
+}
+
+# Every row has these columns (the CSV's header, in this order).
+COLUMNS = [
+    "section", "model", "batch", "mode", "images_per_s", "step_ms", "step_ms_q25", "step_ms_q75",
+    "spread_iqr_pct", "runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
+    "memory_kind", "speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct", "routing_iters",
+    "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "profile",
+]
+
+
+@dataclass
+class BenchOptions:
+    profile: str = "quick"
+    models: tuple[str, ...] | None = None  # default: every registered model
+    batch_sizes: tuple[int, ...] | None = None  # default: the profile's
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    routing_iters: int | None = None  # CapsNet's; default the paper's 3
+    threads: int | None = None  # default: the usable cores
+    image_size: int = 28
+    references: bool = True  # the routing comparison and the data-preparation row
+    seed: int = 0
+
+    def validate(self) -> "BenchOptions":
+        """Raise ValueError with a one-line message on bad options; fill in defaults."""
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
+        names = tuple(self.models) if self.models else tuple(models.names())
+        for name in names:
+            if name not in models.names():
+                raise ValueError(f"unknown model {name!r}; valid models: {', '.join(models.names())}")
+        sizes = tuple(self.batch_sizes) if self.batch_sizes else PROFILES[self.profile].batch_sizes
+        for size in sizes:
+            if not isinstance(size, int) or size < 1:
+                raise ValueError(f"batch sizes must be positive integers, got {size!r}")
+        if self.routing_iters is not None and self.routing_iters < 1:
+            raise ValueError(f"routing iterations must be >= 1, got {self.routing_iters}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        device = resolve_device(self.device)
+        if self.bf16 and device.type != "cuda":
+            raise ValueError("--bf16 (bf16 autocast) needs a CUDA device; this suite runs float32 on the CPU")
+        return dataclasses.replace(self, models=names, batch_sizes=sizes)
+
+
+def _build(name: str, options: BenchOptions) -> torch.nn.Module:
+    config = {"input_size": options.image_size}
+    if options.routing_iters is not None and "routing_iters" in models.option_names(name):
+        config["routing_iters"] = options.routing_iters
+    return models.create(name, **config)
+
+
+class _Runner:
+    """One model on the device, with the train-step and inference callables the rows time."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, options: BenchOptions, device: torch.device):
+        generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        channels = getattr(getattr(model, "config", None), "in_channels", 1)
+        size = options.image_size
+        images = torch.rand(batch, channels, size, size, generator=generator)
+        labels = torch.randint(0, 10, (batch,), generator=generator)
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.model = model.to(device)
+        if options.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if options.compile else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.device, self.bf16 = device, options.bf16
+
+    def train_step(self, forward=None) -> None:
+        forward = forward or self.forward
+        self.model.train()
+        with autocast(self.device, self.bf16):
+            output = forward(self.images, self.labels)
+            loss = self.model.loss(output, self.images, self.labels).total
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def infer(self, forward=None) -> None:
+        forward = forward or self.forward
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            forward(self.images)
+
+    def step(self, mode: str) -> Callable[[], None]:
+        return self.train_step if mode == "train" else self.infer
+
+    def flops_per_image(self, mode: str) -> int:
+        # Counted on the eager model (the compiled one computes the same products).
+        fn = self.train_step if mode == "train" else self.infer
+        return count_flops(lambda: fn(self.model)) // self.images.shape[0]
+
+
+def _environment(options: BenchOptions, device: torch.device, threads: int) -> dict:
+    return {
+        "image_size": options.image_size,
+        "device": device.type,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": threads,
+        "compile": options.compile,
+        "dtype": "bf16" if options.bf16 else "fp32",
+        "channels_last": options.channels_last,
+        "profile": options.profile,
+    }
+
+
+def _row(section, name, batch, mode, timing: Timing, runner: _Runner | None, memory, env, options) -> dict:
+    median = timing.median
+    row = dict.fromkeys(COLUMNS)
+    row.update(env)
+    row.update(
+        section=section, model=name, batch=batch, mode=mode,
+        images_per_s=batch / median, step_ms=1e3 * median,
+        step_ms_q25=1e3 * timing.quantile(0.25), step_ms_q75=1e3 * timing.quantile(0.75),
+        spread_iqr_pct=timing.iqr_pct, runs=len(timing.times),
+    )
+    if runner is not None:
+        model = runner.model
+        row["params"] = sum(p.numel() for p in model.parameters())
+        row["flops_per_image"] = runner.flops_per_image(mode)
+        row["achieved_gflop_per_s"] = row["flops_per_image"] * row["images_per_s"] / 1e9
+        config = getattr(model, "config", None)
+        row["routing_iters"] = getattr(config, "routing_iters", None)
+    if memory is not None:
+        row["peak_memory_mb"], row["memory_kind"] = memory
+    return row
+
+
+def _log(message: str, log: Callable[[str], None] | None) -> None:
+    if log is not None:
+        log(message)
+
+
+def _model_rows(options: BenchOptions, device, env, log) -> list[dict]:
+    profile = PROFILES[options.profile]
+    rows = []
+    for name in options.models:
+        for batch in options.batch_sizes:
+            torch.manual_seed(options.seed)
+            runner = _Runner(_build(name, options), batch, options, device)
+            for mode in ("train", "infer"):
+                reset_peak_memory(device)
+                timing = time_runs(runner.step(mode), device, profile.warmup, profile.repeats, profile.row_budget_s)
+                memory = peak_memory_mb(device)
+                row = _row("models", name, batch, mode, timing, runner, memory, env, options)
+                rows.append(row)
+                _log(f"{name:>12} batch {batch:>4} {mode:>5}: {row['images_per_s']:8.1f} images/s "
+                     f"({row['step_ms']:.1f} ms, IQR {row['spread_iqr_pct']:.0f}%)", log)
+            del runner
+    return rows
+
+
+def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
+    """CapsNet vs reference (a) and the convolution stem (b), timed round-robin."""
+    profile = PROFILES[options.profile]
+    batch = profile.compare_batch
+    if options.batch_sizes and options.profile == "smoke":
+        batch = min(options.batch_sizes)
+    torch.manual_seed(options.seed)
+    ours = _build(COMPARE_MODEL, options)
+    runners = {
+        COMPARE_MODEL: _Runner(ours, batch, options, device),
+        REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device),
+        REFERENCE_B: _Runner(ConvStem(ours.config), batch, options, device),
+    }
+    rows = []
+    our_step_s = 0.0
+    for mode in ("train", "infer"):
+        fns = {name: runner.step(mode) for name, runner in runners.items()}
+        timings = interleaved_runs(fns, device, profile.warmup, profile.compare_rounds)
+        reference_a, stem = timings[REFERENCE_A].median, timings[REFERENCE_B].median
+        if mode == "train":
+            our_step_s = timings[COMPARE_MODEL].median
+        for name, runner in runners.items():
+            row = _row("routing", name, batch, mode, timings[name], runner, None, env, options)
+            row["routing_iters"] = ours.config.routing_iters
+            row["speedup_vs_reference_a"] = reference_a / timings[name].median
+            row["time_vs_stem"] = timings[name].median / stem
+            rows.append(row)
+            _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
+                 f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem", log)
+    rows.append(_data_row(options, device, env, batch, our_step_s, log))
+    return rows
+
+
+def _data_row(options: BenchOptions, device, env, batch: int, step_s: float, log) -> dict:
+    """Preparing a batch as studies/train.py does: index a uint8 set kept on the device with a
+    random permutation, convert to float, shift2 augmentation on the device; as a share of the
+    median CapsNet training step `step_s` measured in the same run."""
+    profile = PROFILES[options.profile]
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    store = torch.randint(0, 256, (max(4096, 4 * batch), 1, options.image_size, options.image_size),
+                          dtype=torch.uint8, generator=torch.Generator().manual_seed(options.seed)).to(device)
+    order = torch.randperm(store.shape[0], generator=generator, device=device)
+    augment = parse_augmentation("shift2")
+    position = [0]
+
+    def prepare():
+        start = position[0] % (store.shape[0] - batch + 1)
+        position[0] += batch
+        images = store[order[start : start + batch]].float().div_(255.0)
+        return augment(images, generator)
+
+    data = time_runs(prepare, device, warmup=2, repeats=profile.data_repeats)
+    row = _row("data", "data_prep_shift2", batch, "data", data, None, None, env, options)
+    row["share_of_step_pct"] = 100.0 * data.median / step_s
+    _log(f"data preparation (uint8 slice, float, shift2) batch {batch}: {row['step_ms']:.2f} ms = "
+         f"{row['share_of_step_pct']:.2f}% of a CapsNet training step", log)
+    return row
+
+
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Measure every row of `options`; `log` receives one progress line per row."""
+    options = options.validate()
+    device = resolve_device(options.device)
+    threads = set_threads(options.threads)
+    env = _environment(options, device, threads)
+    rows = _model_rows(options, device, env, log)
+    if options.references:
+        rows += _routing_rows(options, device, env, log)
+    return rows
+
+
+def table_stem(rows: list[dict]) -> str:
+    """throughput-<device>-<dtype>[-compiled], the name of this configuration's tables."""
+    first = rows[0]
+    name = f"throughput-{first['device']}-{first['dtype']}"
+    if first["channels_last"]:
+        name += "-channels_last"
+    return name + ("-compiled" if first["compile"] else "")
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """CapsNet's numbers against the two references and the targets of issue 5."""
+    routing = {(r["model"], r["mode"]): r for r in rows if r["section"] == "routing"}
+    ours_train, ours_infer = routing.get((COMPARE_MODEL, "train")), routing.get((COMPARE_MODEL, "infer"))
+    if ours_train is None or ours_infer is None:
+        return []
+    data = next((r for r in rows if r["section"] == "data"), None)
+    batch, iters = ours_train["batch"], ours_train["routing_iters"]
+    ref_a = routing[(REFERENCE_A, "train")]
+    stem = routing[(REFERENCE_B, "train")]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines = [
+        f"CapsNet, batch {batch}, {ours_train['image_size']}x{ours_train['image_size']}, {iters} routing "
+        f"iterations, with decoder, {ours_train['device_name']}, {ours_train['threads']} threads:",
+        f"- training: {ours_train['images_per_s']:.1f} images/s ({ours_train['step_ms']:.1f} ms/step); "
+        f"inference: {ours_infer['images_per_s']:.1f} images/s",
+        f"- reference (a) broadcast u_hat: {ref_a['images_per_s']:.1f} images/s training; our step is "
+        f"{ours_train['speedup_vs_reference_a']:.2f}x faster",
+        f"- reference (b) convolution stem alone: {stem['images_per_s']:.1f} images/s training; our step "
+        f"takes {ours_train['time_vs_stem']:.2f}x the stem's time",
+    ]
+    if data is not None:
+        lines.append(f"- data preparation (uint8 slice, float, shift2 on the device): {data['step_ms']:.2f} ms "
+                     f"= {data['share_of_step_pct']:.2f}% of a training step")
+    if (ours_train["device"], batch, ours_train["image_size"], iters) == ("cpu", 64, 28, 3):
+        checks = [
+            ("speedup over reference (a) >= 2", ours_train["speedup_vs_reference_a"] >= TARGETS["speedup_vs_reference_a"]),
+            ("step <= 1.25x the stem", ours_train["time_vs_stem"] <= TARGETS["time_vs_stem"]),
+            (">= 150 training images/s", ours_train["images_per_s"] >= TARGETS["train_images_per_s"]),
+            (">= 330 inference images/s", ours_infer["images_per_s"] >= TARGETS["infer_images_per_s"]),
+        ]
+        if data is not None:
+            checks.append(("data preparation < 5% of a step", data["share_of_step_pct"] < TARGETS["data_share_pct"]))
+        lines.append("- targets (issue 5, this 2-core CPU): " + "; ".join(f"{name}: {verdict(ok)}" for name, ok in checks))
+    return lines
+
+
+def _markdown(frame, columns, floatfmt=".4g") -> str:
+    present = [c for c in columns if c in frame.columns]
+    return frame[present].to_markdown(index=False, floatfmt=floatfmt)
+
+
+def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
+    """Write <stem>.csv (every row, every column) and <stem>.md; return their paths."""
+    import pandas as pd
+
+    if not rows:
+        raise ValueError("no benchmark rows to write")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = table_stem(rows)
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    csv_path = out / f"{stem}.csv"
+    frame.to_csv(csv_path, index=False)
+
+    env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "image_size", "profile"]
+    measured = ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "step_ms_q25", "step_ms_q75",
+                "runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb", "memory_kind", "routing_iters"]
+    frame = frame.astype(object).where(frame.notna(), "")
+    parts = [
+        f"# Throughput: {stem}",
+        "",
+        "Images/s are the median over the timed runs (after warm-up) of batch / step time; "
+        "spread_iqr_pct is the interquartile range of the step times as a percentage of the median. "
+        "A train step is forward, loss, backward and an Adam step; infer is a forward pass under "
+        "torch.inference_mode. flops_per_image counts FLOPs (2 per multiply-add) of matrix products "
+        "and convolutions with torch.utils.flop_counter; peak memory is the CUDA allocator's maximum "
+        "on GPUs and the process's peak resident set size on the CPU. Written by `python -m bench`.",
+        "",
+        "## Environment",
+        "",
+        _markdown(frame.head(1), env_columns),
+        "",
+        "## Models",
+        "",
+        _markdown(frame[frame["section"] == "models"], measured),
+    ]
+    routing = frame[frame["section"] == "routing"]
+    if len(routing):
+        parts += [
+            "",
+            "## Routing: our CapsNet against reference (a) and the convolution stem (b)",
+            "",
+            "Reference (a) materialises u_hat with expand + matmul on broadcast 5-D tensors as common "
+            "public versions do; reference (b) is Conv1 + the PrimaryCaps convolution alone (the floor). "
+            "The three are timed round-robin at one batch size with the same weights.",
+            "",
+            _markdown(routing, ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "runs",
+                                "speedup_vs_reference_a", "time_vs_stem", "params", "flops_per_image",
+                                "achieved_gflop_per_s", "routing_iters"]),
+        ]
+    data = frame[frame["section"] == "data"]
+    if len(data):
+        parts += ["", "## Data preparation", "",
+                  _markdown(data, ["model", "batch", "step_ms", "runs", "share_of_step_pct"])]
+    summary = summary_lines(rows)
+    if summary:
+        parts += ["", "## Summary", ""] + summary
+    md_path = out / f"{stem}.md"
+    md_path.write_text("\n".join(parts) + "\n")
+    return [csv_path, md_path]

@@ -1,0 +1,111 @@
+"""The throughput benchmark on the CPU with tiny sizes (the smoke profile)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import models
+from bench.run import COLUMNS, BenchOptions, run_benchmark, table_stem, write_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = [
+    "model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "params", "flops_per_image",
+    "achieved_gflop_per_s", "peak_memory_mb", "device", "device_name", "torch", "threads", "compile", "dtype",
+]
+
+
+def run_bench(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def smoke_rows():
+    options = BenchOptions(profile="smoke", models=("capsnet", "cnn_pool"), batch_sizes=(2,), device="cpu", threads=1)
+    return run_benchmark(options)
+
+
+def test_rows_cover_every_model_batch_and_mode(smoke_rows):
+    measured = {(r["model"], r["batch"], r["mode"]) for r in smoke_rows if r["section"] == "models"}
+    assert measured == {(m, 2, mode) for m in ("capsnet", "cnn_pool") for mode in ("train", "infer")}
+    for row in smoke_rows:
+        assert list(row) == COLUMNS
+        assert row["images_per_s"] > 0 and row["step_ms"] > 0 and row["threads"] == 1
+        assert row["device"] == "cpu" and row["dtype"] == "fp32" and row["compile"] is False
+    capsnet = next(r for r in smoke_rows if r["model"] == "capsnet" and r["mode"] == "train")
+    assert capsnet["params"] == 8_215_568 and capsnet["routing_iters"] == 3
+    # About 1.2 GFLOP per training image (REFERENCES.md 5); inference is the forward third.
+    assert 1.1e9 < capsnet["flops_per_image"] < 1.3e9
+    assert capsnet["peak_memory_mb"] > 0 and capsnet["memory_kind"].startswith("process")
+    assert capsnet["achieved_gflop_per_s"] == pytest.approx(capsnet["flops_per_image"] * capsnet["images_per_s"] / 1e9)
+
+
+def test_routing_comparison_and_data_rows(smoke_rows):
+    routing = {(r["model"], r["mode"]): r for r in smoke_rows if r["section"] == "routing"}
+    assert set(routing) == {
+        (m, mode) for m in ("capsnet", "reference_a_broadcast", "reference_b_stem") for mode in ("train", "infer")
+    }
+    assert routing[("reference_a_broadcast", "train")]["speedup_vs_reference_a"] == pytest.approx(1.0)
+    assert routing[("reference_b_stem", "train")]["time_vs_stem"] == pytest.approx(1.0)
+    # Same network, same products: reference (a) and ours count the same FLOPs.
+    ours, ref = routing[("capsnet", "train")], routing[("reference_a_broadcast", "train")]
+    assert ours["flops_per_image"] == pytest.approx(ref["flops_per_image"], rel=0.01)
+    data = [r for r in smoke_rows if r["section"] == "data"]
+    assert len(data) == 1 and data[0]["share_of_step_pct"] > 0
+
+
+def test_tables_have_every_required_column(smoke_rows, tmp_path):
+    paths = write_tables(smoke_rows, tmp_path / "smoke")
+    assert [p.name for p in paths] == ["throughput-cpu-fp32.csv", "throughput-cpu-fp32.md"]
+    frame = pd.read_csv(paths[0])
+    assert list(frame.columns) == COLUMNS and len(frame) == len(smoke_rows)
+    markdown = paths[1].read_text()
+    for column in REQUIRED + ["speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct"]:
+        assert column in markdown, column
+    assert "faster" in markdown and "stem" in markdown
+
+
+def test_table_name_says_dtype_and_compile(smoke_rows):
+    compiled = [dict(r, compile=True, dtype="bf16", device="cuda") for r in smoke_rows]
+    assert table_stem(compiled) == "throughput-cuda-bf16-compiled"
+
+
+def test_command_line_json_and_tables(tmp_path):
+    done = run_bench("--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "2", "--device", "cpu",
+                     "--no-references", "--json", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert {(r["model"], r["mode"]) for r in rows} == {("cnn_pool", "train"), ("cnn_pool", "infer")}
+    assert (tmp_path / "throughput-cpu-fp32.csv").exists() and (tmp_path / "throughput-cpu-fp32.md").exists()
+
+
+def test_default_output_directory_is_results_profile(tmp_path):
+    done = run_bench("--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "1", "--device", "cpu",
+                     "--no-references", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "results" / "smoke" / "throughput-cpu-fp32.md").exists()
+    assert "| cnn_pool" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--models", "resnet"], "unknown model 'resnet'; valid models: " + ", ".join(models.names())),
+        (["--batch-sizes", "0"], "batch sizes must be positive integers, got 0"),
+        (["--batch-sizes", "8,x"], "batch sizes must be integers, got 'x'"),
+        (["--profile", "huge"], "unknown profile 'huge'"),
+        (["--routing-iters", "0"], "routing iterations must be >= 1"),
+        (["--bf16", "--device", "cpu"], "needs a CUDA device"),
+        (["--threads", "0"], "threads must be >= 1"),
+    ],
+)
+def test_bad_options_give_one_line_and_exit_2(args, fragment, tmp_path):
+    done = run_bench(*args, "--out", str(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr
+    assert not list(tmp_path.iterdir())  # nothing measured, nothing written
