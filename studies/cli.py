@@ -171,9 +171,13 @@ def _run_workers(args, argv: list[str]) -> None:
     """Start `--workers` copies of this command as one-worker processes on one storage."""
     import subprocess
 
-    from studies.storage import default_url, ensure_writable, results_dir
+    from studies.storage import default_url, ensure_writable, open_storage, results_dir
 
-    storage = args.storage or default_url(ensure_writable(results_dir(args.profile, args.results)), args.workers)
+    directory = ensure_writable(results_dir(args.profile, args.results))
+    storage = args.storage or default_url(directory, args.workers)
+    # Creates the storage's tables once: workers creating them at the same moment collide
+    # (optuna/optuna#1092). A bad URL fails here, in one line.
+    open_storage(storage, directory)
     print(f"{args.workers} workers on {storage}")
     child = [sys.executable, "-m", "studies", *_without(argv, {"--workers", "--storage"}),
              "--workers", "1", "--no-report", "--no-progress", "--storage", storage]

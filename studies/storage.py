@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -53,12 +54,22 @@ def open_storage(url: str | None, directory: Path, workers: int = 1) -> optuna.s
         return JournalStorage(JournalFileBackend(str(path)))
     if "://" not in url:
         raise ValueError(f"storage {url!r} is neither a database URL nor journal:<path>")
+    url = _with_driver(url)
     try:
         # RDBStorage connects and creates its tables here, so an unreachable server fails now.
         return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
     except Exception as error:  # SQLAlchemy raises many driver-specific types
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"cannot open storage {_redact(url)}: {message}") from None
+
+
+def _with_driver(url: str) -> str:
+    """A bare postgresql:// URL names the installed driver: SQLAlchemy 2.1 defaults to psycopg 3,
+    2.0 to psycopg2, and the project installs psycopg2."""
+    if not url.startswith("postgresql://"):
+        return url
+    driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+    return url.replace("postgresql://", f"postgresql+{driver}://", 1)
 
 
 def _engine_kwargs(url: str) -> dict:
