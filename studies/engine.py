@@ -182,7 +182,6 @@ class StudyRunner:
         self.study = open_study(spec, options)
         self.points = {p.key: p for p in spec.points(options.profile)}
         self.choices = param_choices(spec, options.profile)
-        self.trained = 0
 
     def missing(self) -> list[Point]:
         states = point_states(self.study.get_trials(deepcopy=False))
@@ -210,7 +209,7 @@ class StudyRunner:
             trial = claim_waiting(self.study)
             if trial is not None:
                 waited = False
-                self._run_trial(trial, bar)
+                self._run_trial(trial)
                 continue
             if counts["pending"] == 0:
                 break
@@ -222,7 +221,7 @@ class StudyRunner:
         bar.close()
         return dict(self.counts())
 
-    def _run_trial(self, trial: optuna.Trial, bar) -> None:
+    def _run_trial(self, trial: optuna.Trial) -> None:
         key = trial.user_attrs.get(POINT_ATTR)
         point = self.points.get(key)
         if point is None or _superseded(self.study, trial, key):
@@ -260,11 +259,8 @@ class StudyRunner:
             trial.set_user_attr("wall_seconds", time.time() - started)
         self.study.tell(trial, outcome.objective)
         checkpoint.unlink(missing_ok=True)
-        self.trained += 1
-        bar.update(0)
         tqdm.write(f"done {key}: test error {100 * outcome.metrics['test_error']:.2f}% "
                    f"in {time.time() - started:.0f} s")
-
 
     def _checkpoint_path(self, key: str):
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]

@@ -184,6 +184,10 @@ def error_figure(frame: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# Optuna's default evaluator (REFERENCES.md 7), named explicitly so the report can say which.
+IMPORTANCE_EVALUATOR = optuna.importance.PedAnovaImportanceEvaluator
+
+
 def importance(frame_study: optuna.Study, frame: pd.DataFrame) -> pd.DataFrame:
     """Optuna's default importance evaluator over CapsNet's scientific parameters."""
     capsnet = [t for t in frame_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -194,7 +198,7 @@ def importance(frame_study: optuna.Study, frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     sub = optuna.create_study(direction="minimize")
     sub.add_trials(capsnet)
-    scores = optuna.importance.get_param_importances(sub, params=params)
+    scores = optuna.importance.get_param_importances(sub, evaluator=IMPORTANCE_EVALUATOR(), params=params)
     return pd.DataFrame({"parameter": list(scores), "importance": list(scores.values())})
 
 
@@ -231,9 +235,9 @@ def accuracy_section(spec: StudySpec, study: optuna.Study, options: RunOptions, 
         files += [out / f"{stem}-importance.md", out / f"{stem}-importance.png"]
         files[-2].write_text(ranking.to_markdown(index=False, floatfmt=".3f") + "\n")
         importance_figure(ranking, files[-1])
-        lines += ["Parameter importance for CapsNet test error (Optuna's default evaluator, "
-                  f"{optuna.importance.get_param_importances.__module__.split('.')[0]} "
-                  f"{optuna.__version__}):", "", ranking.to_markdown(index=False, floatfmt=".3f"), "",
+        lines += ["Parameter importance for CapsNet test error over the scientific parameters "
+                  f"({IMPORTANCE_EVALUATOR.__name__}, optuna {optuna.__version__}; normalised to sum 1):", "",
+                  ranking.to_markdown(index=False, floatfmt=".3f"), "",
                   f"![importance]({files[-1].name})", ""]
     lines += _failures(study)
     lines.append("Files: " + ", ".join(f"[{f.name}]({f.name})" for f in files))
