@@ -162,6 +162,12 @@ def write_latex(table: pd.DataFrame, path: Path, caption: str) -> None:
     path.write_text(latex.replace("±", r"$\pm$"))
 
 
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _config_label(row: pd.Series) -> str:
     if row["model"] != "capsnet":
         return f"{row['model']} / {row.get('augmentation')}"
@@ -179,9 +185,7 @@ def error_figure(frame: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_xlabel("test error % (bars: mean over seeds, whiskers: ± sd, dots: seeds)")
     ax.set_ylabel("")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # Optuna's default evaluator (REFERENCES.md 7), named explicitly so the report can say which.
@@ -207,16 +211,17 @@ def importance_figure(table: pd.DataFrame, path: Path) -> None:
     sns.barplot(data=table, y="parameter", x="importance", ax=ax, color="#55a868")
     ax.set_title("CapsNet: importance of scientific parameters for test error", fontsize=10)
     ax.set_ylabel("")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def empty_section(spec: StudySpec) -> Section:
+    return Section(spec.title, "_No completed trials yet._\n", [])
 
 
 def accuracy_section(spec: StudySpec, study: optuna.Study, options: RunOptions, out: Path) -> Section:
-    stem = file_stem(spec)
-    frame = trials_frame(study)
+    stem, frame = file_stem(spec), trials_frame(study)
     if frame.empty:
-        return Section(spec.title, "_No completed trials yet._\n", [])
+        return empty_section(spec)
     files = [out / f"{stem}.csv", out / f"{stem}-table1.md", out / f"{stem}-table1.tex", out / f"{stem}-error.png"]
     frame.to_csv(files[0], index=False)
     table = table1(frame, spec)
@@ -263,10 +268,9 @@ def _mean_sd(values: pd.Series, scale: float = 100.0) -> str:
 def affnist_section(spec: StudySpec, study: optuna.Study, options: RunOptions, out: Path) -> Section:
     from studies.paper import AFFNIST_ACCURACY
 
-    stem = file_stem(spec)
-    frame = trials_frame(study)
+    stem, frame = file_stem(spec), trials_frame(study)
     if frame.empty:
-        return Section(spec.title, "_No completed trials yet._\n", [])
+        return empty_section(spec)
     files = [out / f"{stem}.csv", out / f"{stem}-table.md", out / f"{stem}-table.tex"]
     frame.to_csv(files[0], index=False)
     set_names = sorted(frame["robustness_set"].unique())
@@ -345,16 +349,13 @@ def sweep_figure(sweep: pd.DataFrame, transform: str, path: Path, xlabel: str, t
     ax.set_ylabel("test accuracy % (band: ± sd over seeds)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def rotation_section(spec: StudySpec, study: optuna.Study, options: RunOptions, out: Path) -> Section:
-    stem = file_stem(spec)
-    frame = trials_frame(study)
+    stem, frame = file_stem(spec), trials_frame(study)
     if frame.empty:
-        return Section(spec.title, "_No completed trials yet._\n", [])
+        return empty_section(spec)
     sweep = sweep_frame(study, frame)
     files = [out / f"{stem}.csv", out / f"{stem}-sweep.csv"]
     frame.to_csv(files[0], index=False)
