@@ -181,7 +181,8 @@ def error_figure(frame: pd.DataFrame, path: Path, title: str) -> None:
     height = max(3.0, 0.35 * len(order) + 1.2)
     fig, ax = plt.subplots(figsize=(7.5, height))
     sns.barplot(data=data, y="config", x="error", order=order, errorbar="sd", ax=ax, color="#4c72b0", capsize=0.2)
-    sns.stripplot(data=data, y="config", x="error", order=order, ax=ax, color="black", size=3)
+    # No jitter: it is random, and a rebuilt report must equal the stored one.
+    sns.stripplot(data=data, y="config", x="error", order=order, ax=ax, color="black", size=3, jitter=False)
     ax.set_xlabel("test error % (bars: mean over seeds, whiskers: ± sd, dots: seeds)")
     ax.set_ylabel("")
     ax.set_title(title, fontsize=10)
