@@ -53,8 +53,9 @@ def test_invalid_specs_name_the_problem(overrides, fragment):
 def test_builtin_ablation_is_the_paper_grid_and_more():
     spec = load_spec("ablation")
     assert "ablation" in builtin_names()
-    capsnet = [p for p in spec.points("quick") if p.model == "capsnet"]
+    capsnet = [p for p in spec.points("paper") if p.model == "capsnet"]
     assert len({p.config_key for p in capsnet}) == 3 * 2 * 2  # routing x reconstruction x augmentation
+    assert {p.seed for p in spec.points("paper")} == {0, 1, 2}
     assert {p.model for p in spec.points("quick")} == {"capsnet", "cnn_paper", "cnn_pool"}
     assert set(spec.profiles) == {"smoke", "quick", "standard", "paper"}
     assert load_spec("ablation", dataset="fashion_mnist").dataset == "fashion_mnist"
