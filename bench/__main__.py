@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import models
 from bench.run import PROFILES, BenchOptions, run_benchmark, summary_lines, write_tables
 from studies.errors import USER_ERRORS
+from studies.storage import results_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         options = options_from_args(args)
-        out = Path(args.out) if args.out else Path(os.environ.get("CAPSBENCH_RESULTS", "results")) / options.profile
+        out = Path(args.out) if args.out else results_dir(options.profile)
         rows = run_benchmark(options, log=lambda line: print(line, file=sys.stderr, flush=True))
         paths = write_tables(rows, out)
     except USER_ERRORS as error:
