@@ -18,8 +18,10 @@ REQUIRED = [
 ]
 
 
-def run_bench(*args, cwd=None):
+def run_bench(*args, cwd=None, results=None):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if results is not None:
+        env["CAPSBENCH_RESULTS"] = str(results)
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
@@ -84,8 +86,9 @@ def test_command_line_json_and_tables(tmp_path):
 
 
 def test_default_output_directory_is_results_profile(tmp_path):
+    # Same place as the studies' results: $CAPSBENCH_RESULTS/<profile> (default: results/ in the repo).
     done = run_bench("--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "1", "--device", "cpu",
-                     "--no-references", cwd=tmp_path)
+                     "--no-references", results=tmp_path / "results")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "results" / "smoke" / "throughput-cpu-fp32.md").exists()
     assert "| cnn_pool" in done.stdout
