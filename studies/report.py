@@ -219,6 +219,20 @@ def empty_section(spec: StudySpec) -> Section:
     return Section(spec.title, "_No completed trials yet._\n", [])
 
 
+def loss_convention_line(study: optuna.Study) -> list[str]:
+    """Which margin-loss convention CapsNet trials used: it sets how much reconstruction weighs."""
+    conventions = sorted({
+        t.user_attrs.get("config", {}).get("model_options", {}).get("margin_convention", "paper")
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params.get("model") == "capsnet"
+    })
+    if not conventions:
+        return []
+    meaning = {"paper": "summed over classes (the paper's formula)",
+               "official": "averaged over classes and halved (the official code's; reconstruction weighs ~20x more)"}
+    return [f"- CapsNet loss: margin loss {'; '.join(meaning[c] for c in conventions)}, plus recon_weight x the "
+            "summed squared reconstruction error"]
+
+
 def accuracy_section(spec: StudySpec, study: optuna.Study, options: RunOptions, out: Path) -> Section:
     stem, frame = file_stem(spec), trials_frame(study)
     if frame.empty:
@@ -227,7 +241,7 @@ def accuracy_section(spec: StudySpec, study: optuna.Study, options: RunOptions, 
     frame.to_csv(files[0], index=False)
     table = table1(frame, spec)
     files[1].write_text(table.to_markdown(index=False) + "\n")
-    budget = budget_lines(frame, options)
+    budget = budget_lines(frame, options) + loss_convention_line(study)
     write_latex(table, files[2], f"{spec.title} on {spec.dataset} ({options.profile} profile); "
                                  "test error mean $\\pm$ sample standard deviation over seeds.")
     error_figure(frame, files[3], f"{spec.title}\n{spec.dataset}, profile {options.profile}")
