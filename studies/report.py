@@ -62,7 +62,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         frame["routing_iters"] = frame["routing_iters"].astype("Int64")
     if not frame.empty:
         # One completed trial per point is the engine's invariant; keep the first if not.
-        frame = frame.sort_values("trial").drop_duplicates(subset=_point_columns(frame), keep="first")
+        point = ["model", *scientific_columns(study), "seed"]
+        frame = frame.sort_values("trial").drop_duplicates(subset=point, keep="first")
     return frame
 
 
@@ -74,18 +75,10 @@ def failed_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _point_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c in _param_columns(frame) or c == "seed"]
-
-
-def _param_columns(frame: pd.DataFrame) -> list[str]:
-    """Scientific parameter columns: everything stored as an Optuna param but the seed."""
-    known = {"trial", "seed", "started", "completed", "wall_seconds", "batch_size", "learning_rate"}
-    metric_like = {"test_accuracy", "test_error", "train_seconds", "train_images_per_s", "params",
-                   "train_images", "test_images", "epochs", "device", "torch_version", "target_accuracy",
-                   "reached_target", "matched_epoch", "clean_accuracy", "affnist_accuracy",
-                   "unmatched_affnist_accuracy", "robustness_set"}
-    return [c for c in frame.columns if c not in known | metric_like and not c.startswith("nuisance_")]
+def scientific_columns(study: optuna.Study) -> list[str]:
+    """The columns a table groups by: every stored trial parameter but the model and the seed."""
+    names = {k for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) for k in t.params}
+    return sorted(names - {"model", "seed"})
 
 
 def budget_lines(frame: pd.DataFrame, options: RunOptions) -> list[str]:
@@ -128,12 +121,11 @@ def _sort_key(value) -> tuple:
     return (0, value) if isinstance(value, (int, float)) and not pd.isna(value) else (1, str(value))
 
 
-def table1(frame: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+def table1(frame: pd.DataFrame, spec: StudySpec, scientific: list[str]) -> pd.DataFrame:
     """Paper Table 1 layout: one row per configuration (model x scientific parameters), test
     error as mean ± sample sd over seeds, with the paper's value where it has one."""
-    params = sorted(_param_columns(frame), key=lambda c: (c not in PARAM_TITLES, list(PARAM_TITLES).index(c)
-                                                          if c in PARAM_TITLES else 0, c))
-    params = [c for c in params if c != "model"]
+    params = sorted(scientific, key=lambda c: (c not in PARAM_TITLES, list(PARAM_TITLES).index(c)
+                                               if c in PARAM_TITLES else 0, c))
     grouped = frame.assign(error=100 * frame["test_error"]).groupby(["model", *params], dropna=False)
     rows = []
     for key, group in grouped:
@@ -239,7 +231,7 @@ def accuracy_section(spec: StudySpec, study: optuna.Study, options: RunOptions, 
         return empty_section(spec)
     files = [out / f"{stem}.csv", out / f"{stem}-table1.md", out / f"{stem}-table1.tex", out / f"{stem}-error.png"]
     frame.to_csv(files[0], index=False)
-    table = table1(frame, spec)
+    table = table1(frame, spec, scientific_columns(study))
     files[1].write_text(table.to_markdown(index=False) + "\n")
     budget = budget_lines(frame, options) + loss_convention_line(study)
     write_latex(table, files[2], f"{spec.title} on {spec.dataset} ({options.profile} profile); "

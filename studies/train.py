@@ -165,9 +165,7 @@ def train(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    info = datasets.DATASETS[config.dataset] if config.dataset in datasets.DATASETS else None
-    if info is None:
-        raise ValueError(f"unknown dataset {config.dataset!r}; valid datasets: {', '.join(datasets.DATASETS)}")
+    info = datasets.get_info(config.dataset)
     train_split, val_split, test_split = load_splits(config, device)
     if model is None:
         model = build_model(config, config.canvas or train_split.images.shape[-1], num_classes=info.num_classes)
