@@ -287,11 +287,15 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     """Measure every row of `options`; `log` receives one progress line per row."""
     options = options.validate()
     device = resolve_device(options.device)
-    threads = set_threads(options.threads)
-    env = _environment(options, device, threads)
-    rows = _model_rows(options, device, env, log)
-    if options.references:
-        rows += _routing_rows(options, device, env, log)
+    caller_threads = torch.get_num_threads()
+    try:
+        threads = set_threads(options.threads)
+        env = _environment(options, device, threads)
+        rows = _model_rows(options, device, env, log)
+        if options.references:
+            rows += _routing_rows(options, device, env, log)
+    finally:  # a library call must not leave the caller's process on other thread counts
+        torch.set_num_threads(caller_threads)
     return rows
 
 

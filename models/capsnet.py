@@ -4,6 +4,7 @@ Defaults are the paper's MNIST network; every deviation is a named option of `Ca
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -326,14 +327,34 @@ class _VotesAndRoute(torch.autograd.Function):
         return grad_u, grad_w, None, None, None, None, None
 
 
-@torch.compiler.disable
+def _eager_under_compile(fn):
+    """`torch.compiler.disable(fn)`, applied only when something compiles.
+
+    Decorating at import time would import torch._dynamo, which adds about 2 s to the start of
+    every process (every CLI call and test subprocess), compiled or not.
+    """
+    disabled = None
+
+    @functools.wraps(fn)
+    def call(*args):
+        nonlocal disabled
+        if not torch.compiler.is_compiling():
+            return fn(*args)
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args)
+
+    return call
+
+
+@_eager_under_compile
 def _votes_and_route(u_t, weight_t, parents, iters, detach_inner, couplings, workspace):
     # torch.compile runs this hand-scheduled part eagerly (a graph break) and compiles the
     # convolutions, decoder and loss around it; tracing the blocked loops gains nothing.
     return _VotesAndRoute.apply(u_t, weight_t, parents, iters, detach_inner, couplings, workspace)
 
 
-@torch.compiler.disable
+@_eager_under_compile
 def _route_votes(votes, parents, iters, detach_inner, couplings):
     return _RouteVotes.apply(votes, parents, iters, detach_inner, couplings)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import models
 from bench.run import COLUMNS, BenchOptions, run_benchmark, table_stem, write_tables
@@ -29,6 +30,17 @@ def run_bench(*args, cwd=None, results=None):
 def smoke_rows():
     options = BenchOptions(profile="smoke", models=("capsnet", "cnn_pool"), batch_sizes=(2,), device="cpu", threads=1)
     return run_benchmark(options)
+
+
+def test_the_benchmark_leaves_the_callers_thread_count_alone():
+    caller = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_benchmark(BenchOptions(profile="smoke", models=("cnn_pool",), batch_sizes=(1,), device="cpu",
+                                   threads=1, references=False))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
 
 
 def test_rows_cover_every_model_batch_and_mode(smoke_rows):
@@ -85,10 +97,10 @@ def test_command_line_json_and_tables(tmp_path):
     assert (tmp_path / "throughput-cpu-fp32.csv").exists() and (tmp_path / "throughput-cpu-fp32.md").exists()
 
 
-def test_default_output_directory_is_results_profile(tmp_path):
+def test_default_output_directory_is_results_profile(tmp_path, run_cli):
     # Same place as the studies' results: $CAPSBENCH_RESULTS/<profile> (default: results/ in the repo).
-    done = run_bench("--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "1", "--device", "cpu",
-                     "--no-references", results=tmp_path / "results")
+    done = run_cli("bench", "--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "1", "--device", "cpu",
+                   "--no-references", env={"CAPSBENCH_RESULTS": tmp_path / "results"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "results" / "smoke" / "throughput-cpu-fp32.md").exists()
     assert "| cnn_pool" in done.stdout
@@ -106,8 +118,8 @@ def test_default_output_directory_is_results_profile(tmp_path):
         (["--threads", "0"], "threads must be >= 1"),
     ],
 )
-def test_bad_options_give_one_line_and_exit_2(args, fragment, tmp_path):
-    done = run_bench(*args, "--out", str(tmp_path))
+def test_bad_options_give_one_line_and_exit_2(args, fragment, tmp_path, run_cli):
+    done = run_cli("bench", *args, "--out", tmp_path)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr

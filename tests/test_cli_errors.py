@@ -1,5 +1,4 @@
 """Bad input ends with one clear line on stderr and exit code 2, before any training."""
-import os
 import shutil
 import subprocess
 import sys
@@ -11,9 +10,9 @@ from studies.datasets import prepare
 from studies.idx import write_idx
 
 
-def run_cli(*args, env_extra=None):
-    env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "studies", *args], capture_output=True, text=True, env=env)
+@pytest.fixture
+def studies(run_cli):
+    return lambda *args, env=None: run_cli("studies", *args, env=env)
 
 
 def assert_one_line_error(done, *fragments):
@@ -35,33 +34,38 @@ def assert_one_line_error(done, *fragments):
         (["--epochs", "0"], ["epochs must be >= 1"]),
     ],
 )
-def test_bad_arguments(args, fragments):
-    assert_one_line_error(run_cli("train", *args, "--train-size", "8"), *fragments)
+def test_bad_arguments(args, fragments, studies):
+    assert_one_line_error(studies("train", *args, "--train-size", "8"), *fragments)
 
 
-def test_missing_data_names_the_sources_tried(tmp_path):
-    done = run_cli("train", "--data-root", str(tmp_path), env_extra={"CAPSBENCH_DATA_SOURCES": "present"})
+def test_the_entry_point_reports_bad_input_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "studies", "train", "--model", "resnet"], capture_output=True, text=True)
+    assert_one_line_error(done, "unknown model")
+
+
+def test_missing_data_names_the_sources_tried(tmp_path, studies):
+    done = studies("train", "--data-root", tmp_path, env={"CAPSBENCH_DATA_SOURCES": "present"})
     assert_one_line_error(done, "present", str(tmp_path / "MNIST" / "raw"))
 
 
-def test_wrong_dataset_in_place_is_an_error(tmp_path):
+def test_wrong_dataset_in_place_is_an_error(tmp_path, studies):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     write_idx(raw / "train-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros(10, np.uint8))
     write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
     write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(10, np.uint8))
-    done = run_cli("train", "--data-root", str(tmp_path), env_extra={"CAPSBENCH_DATA_SOURCES": "present"})
+    done = studies("train", "--data-root", tmp_path, env={"CAPSBENCH_DATA_SOURCES": "present"})
     assert_one_line_error(done, "train-images-idx3-ubyte", "expected 60000")
 
 
 @pytest.mark.data
-def test_truncated_data_is_an_error_and_is_left_alone(tmp_path):
+def test_truncated_data_is_an_error_and_is_left_alone(tmp_path, studies):
     raw = tmp_path / "MNIST" / "raw"
     shutil.copytree(prepare("mnist"), raw)
     truncated = raw / "t10k-labels-idx1-ubyte"
     truncated.write_bytes(truncated.read_bytes()[:-3])
     before = {p.name: p.read_bytes() for p in raw.iterdir()}
-    done = run_cli("train", "--data-root", str(tmp_path), env_extra={"CAPSBENCH_DATA_SOURCES": "present"})
+    done = studies("train", "--data-root", tmp_path, env={"CAPSBENCH_DATA_SOURCES": "present"})
     assert_one_line_error(done, "t10k-labels-idx1-ubyte")
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before

@@ -45,6 +45,18 @@ def run(*args, results, data_root=None):
                           env=env, capture_output=True, text=True)
 
 
+@pytest.fixture
+def rejected(run_cli):
+    """`run` inside this process, for the bad inputs that stop before any training."""
+
+    def run_here(*args, results, data_root=None):
+        extra = ["--data-root", data_root] if data_root else []
+        return run_cli("studies", "run", *args, "--profile", "smoke", "--no-progress", *extra,
+                       env={"CAPSBENCH_RESULTS": results})
+
+    return run_here
+
+
 def one_line_error(done, fragment):
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
@@ -82,46 +94,46 @@ def stored(tmp_path_factory):
     return tmp_path, results, results / "smoke" / "studies.db"
 
 
-def test_spec_with_unknown_key_is_rejected_before_anything_is_stored(stored, tmp_path):
+def test_spec_with_unknown_key_is_rejected_before_anything_is_stored(stored, tmp_path, rejected):
     _, results, database = stored
     before = digest(database)
     bad = tmp_path / "bad.toml"
     bad.write_text(write_spec(tmp_path).read_text() + "\nbogus = 1\n")
-    one_line_error(run("--study", str(bad), results=results), "unknown key(s) bogus")
+    one_line_error(rejected("--study", str(bad), results=results), "unknown key(s) bogus")
     wrong_type = write_spec(tmp_path, scientific='epochs = ["two"]', name="type.toml")
-    one_line_error(run("--study", str(wrong_type), results=results), "epochs = 'two' should be of type int")
+    one_line_error(rejected("--study", str(wrong_type), results=results), "epochs = 'two' should be of type int")
     impossible = write_spec(tmp_path, scientific="batch_size = [0]", name="range.toml")
-    one_line_error(run("--study", str(impossible), results=results), "batch_size must be >= 1")
+    one_line_error(rejected("--study", str(impossible), results=results), "batch_size must be >= 1")
     assert digest(database) == before
 
 
-def test_unreachable_storage_is_one_line(stored):
+def test_unreachable_storage_is_one_line(stored, rejected):
     spec_dir, results, _ = stored
-    done = run("--study", str(spec_dir / "tiny.toml"), "--storage", "sqlite:////nonexistent/dir/x.db", results=results)
+    done = rejected("--study", str(spec_dir / "tiny.toml"), "--storage", "sqlite:////nonexistent/dir/x.db", results=results)
     one_line_error(done, "cannot open storage sqlite:////nonexistent/dir/x.db")
 
 
-def test_unwritable_results_directory_is_one_line(stored, tmp_path):
+def test_unwritable_results_directory_is_one_line(stored, tmp_path, rejected):
     spec_dir, _, _ = stored
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the results directory should be")
-    one_line_error(run("--study", str(spec_dir / "tiny.toml"), results=blocker), "is not writable")
+    one_line_error(rejected("--study", str(spec_dir / "tiny.toml"), results=blocker), "is not writable")
     assert blocker.read_text() == "a file where the results directory should be"
 
 
-def test_corrupt_dataset_is_one_line_and_changes_nothing(stored, tmp_path):
+def test_corrupt_dataset_is_one_line_and_changes_nothing(stored, tmp_path, rejected):
     spec_dir, results, database = stored
     before = digest(database)
     raw = tmp_path / "data" / "MNIST" / "raw"
     shutil.copytree(prepare("mnist"), raw)
     images = raw / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:1000])
-    done = run("--study", str(spec_dir / "tiny.toml"), results=results, data_root=tmp_path / "data")
+    done = rejected("--study", str(spec_dir / "tiny.toml"), results=results, data_root=tmp_path / "data")
     one_line_error(done, "train-images-idx3-ubyte")
     assert digest(database) == before and len(images.read_bytes()) == 1000
 
 
-def test_affnist_file_with_missing_field_is_one_line_and_changes_nothing(stored, tmp_path):
+def test_affnist_file_with_missing_field_is_one_line_and_changes_nothing(stored, tmp_path, rejected):
     import numpy as np
     import scipy.io
 
@@ -131,7 +143,7 @@ def test_affnist_file_with_missing_field_is_one_line_and_changes_nothing(stored,
     shutil.copytree(prepare("mnist"), data / "MNIST" / "raw")
     (data / "affNIST").mkdir()
     scipy.io.savemat(data / "affNIST" / "test.mat", {"affNISTdata": {"image": np.zeros((1600, 3), np.uint8)}})
-    done = run("--study", "affnist", results=results, data_root=data)
+    done = rejected("--study", "affnist", results=results, data_root=data)
     one_line_error(done, "label_int")
     assert digest(database) == before
 

@@ -1,0 +1,34 @@
+"""Running the command lines inside the test process.
+
+Error paths and small runs go through the same `main(argv)` as `python -m studies|bench`,
+without the seconds a new interpreter spends importing torch and torchvision. Each module
+keeps at least one real subprocess run, so the entry points themselves stay tested.
+"""
+import subprocess
+
+import pytest
+
+from bench.__main__ import main as bench_main
+from studies.cli import main as studies_main
+
+PROGRAMS = {"studies": studies_main, "bench": bench_main}
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """run_cli("studies", *args, env={...}) -> CompletedProcess, like subprocess.run."""
+
+    def run(program: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+        argv = [str(arg) for arg in args]
+        with monkeypatch.context() as patch:
+            for name, value in (env or {}).items():
+                patch.setenv(name, str(value))
+            capsys.readouterr()
+            try:
+                code = PROGRAMS[program](argv)
+            except SystemExit as exit:  # argparse's own errors
+                code = exit.code
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([program, *argv], code, out, err)
+
+    return run
