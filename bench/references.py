@@ -8,7 +8,8 @@
     give our model's outputs and gradients (tests/test_routing_equivalence.py). Written here from
     the paper, not copied from any repository.
 (b) `ConvStem`: Conv1 + the PrimaryCaps convolution alone, forward and backward: the floor no
-    routing implementation can beat, since every CapsNet has to run these two convolutions.
+    routing implementation can beat, since every CapsNet has to run these two convolutions. It
+    computes them as the model it is compared with does (`primary_conv`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.capsnet import CapsNet, CapsNetConfig, Decoder, margin_loss
+from models.capsnet import CapsNet, CapsNetConfig, Decoder, PrimaryCaps, margin_loss
 from models.output import LossTerms, ModelOutput
 
 
@@ -93,17 +94,16 @@ class BroadcastCapsNet(nn.Module):
 
 
 class ConvStem(nn.Module):
-    """Reference (b): Conv1 (ReLU) and the PrimaryCaps convolution, nothing else."""
+    """Reference (b): Conv1 (ReLU) and the PrimaryCaps layer, nothing else, computed by the
+    model's own modules (so with the same `primary_conv` method as the model it is the floor of)."""
 
     def __init__(self, config: CapsNetConfig):
         super().__init__()
         self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=9)
-        self.primary_conv = nn.Conv2d(
-            config.conv1_channels, config.primary_types * config.primary_dim, kernel_size=9, stride=2
-        )
+        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim, config.primary_conv)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        out = self.primary_conv(F.relu(self.conv1(images)))
+        out = self.primary(F.relu(self.conv1(images)))
         return ModelOutput(scores=out.flatten(1))
 
     def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:

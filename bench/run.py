@@ -7,6 +7,8 @@ Rows come in three sections:
 - "models": every registered model x batch size x mode (train step / inference);
 - "routing": our CapsNet against reference (a), the broadcast implementation, and reference
   (b), the convolution stem alone (bench/references.py), timed round-robin at one batch size;
+  in training also both again with nn.Conv2d for PrimaryCaps (`capsnet_conv2d`,
+  `reference_b_stem_conv2d`), which separates the routing's gain from the DFT convolution's;
 - "data": the cost of preparing one training batch on the device (uint8 slice, float
   conversion, shift2 augmentation), as a share of a CapsNet training step.
 """
@@ -22,6 +24,8 @@ import torch
 
 import models
 from bench.references import BroadcastCapsNet, ConvStem
+from models.capsnet import CapsNet
+from models.dft_conv import MIN_BATCH as DFT_MIN_BATCH
 from bench.timing import (
     Timing,
     count_flops,
@@ -33,6 +37,7 @@ from bench.timing import (
 )
 from studies.augment import parse_augmentation
 from studies.devices import autocast, device_name, resolve_device
+from studies.optimizer import adam
 
 # The reference numbers and targets of issue 5, set for this project's 2-core CPU at batch 64,
 # 28x28, 3 routing iterations, with decoder.
@@ -46,6 +51,8 @@ TARGETS = {
 COMPARE_MODEL = "capsnet"
 REFERENCE_A = "reference_a_broadcast"
 REFERENCE_B = "reference_b_stem"
+COMPARE_CONV2D = "capsnet_conv2d"
+REFERENCE_B_CONV2D = "reference_b_stem_conv2d"
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ class _Runner:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if options.compile else self.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.optimizer = adam(self.model.parameters(), lr=1e-3)  # the trainer's optimiser
         self.device, self.bf16 = device, options.bf16
 
     def train_step(self, forward=None) -> None:
@@ -232,20 +239,29 @@ def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
         batch = min(options.batch_sizes)
     torch.manual_seed(options.seed)
     ours = _build(COMPARE_MODEL, options)
+    conv2d_config = dataclasses.replace(ours.config, primary_conv="direct")
+    ours_conv2d = CapsNet(conv2d_config)
+    ours_conv2d.load_state_dict(ours.state_dict())
     runners = {
         COMPARE_MODEL: _Runner(ours, batch, options, device),
         REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device),
         REFERENCE_B: _Runner(ConvStem(ours.config), batch, options, device),
+        # The same two with nn.Conv2d for PrimaryCaps, separating the routing's gain from the
+        # DFT convolution's. Training only: at inference `auto` takes nn.Conv2d anyway.
+        COMPARE_CONV2D: _Runner(ours_conv2d, batch, options, device),
+        REFERENCE_B_CONV2D: _Runner(ConvStem(conv2d_config), batch, options, device),
     }
     rows = []
     our_step_s = 0.0
     for mode in ("train", "infer"):
-        fns = {name: runner.step(mode) for name, runner in runners.items()}
+        fns = {name: runner.step(mode) for name, runner in runners.items()
+               if mode == "train" or name not in (COMPARE_CONV2D, REFERENCE_B_CONV2D)}
         timings = interleaved_runs(fns, device, profile.warmup, profile.compare_rounds)
         reference_a, stem = timings[REFERENCE_A].median, timings[REFERENCE_B].median
         if mode == "train":
             our_step_s = timings[COMPARE_MODEL].median
-        for name, runner in runners.items():
+        for name in fns:
+            runner = runners[name]
             row = _row("routing", name, batch, mode, timings[name], runner, None, env, options)
             row["routing_iters"] = ours.config.routing_iters
             row["speedup_vs_reference_a"] = reference_a / timings[name].median
@@ -308,6 +324,12 @@ def table_stem(rows: list[dict]) -> str:
     return name + ("-compiled" if first["compile"] else "")
 
 
+def primary_conv_used(row: dict) -> str:
+    """How a CapsNet training row of `row`'s device, dtype and batch computes PrimaryCaps."""
+    dft = row["device"] == "cpu" and row["dtype"] == "fp32" and row["batch"] >= DFT_MIN_BATCH
+    return "the DFT (models/dft_conv.py)" if dft else "nn.Conv2d"
+
+
 def summary_lines(rows: list[dict]) -> list[str]:
     """CapsNet's numbers against the two references and the targets of issue 5."""
     routing = {(r["model"], r["mode"]): r for r in rows if r["section"] == "routing"}
@@ -332,6 +354,13 @@ def summary_lines(rows: list[dict]) -> list[str]:
         f"- reference (b) convolution stem alone: {stem['images_per_s']:.1f} images/s training; our step "
         f"takes {ours_train['time_vs_stem']:.2f}x the stem's time",
     ]
+    ours_conv2d, stem_conv2d = routing.get((COMPARE_CONV2D, "train")), routing.get((REFERENCE_B_CONV2D, "train"))
+    if ours_conv2d is not None and stem_conv2d is not None:
+        lines.append(
+            f"- PrimaryCaps through {primary_conv_used(ours_train)}; with nn.Conv2d instead: CapsNet "
+            f"{ours_conv2d['images_per_s']:.1f} images/s training ({ours_conv2d['speedup_vs_reference_a']:.2f}x "
+            f"reference (a), the routing's share of the gain), stem {stem_conv2d['images_per_s']:.1f} images/s"
+        )
     if data is not None:
         lines.append(f"- data preparation (uint8 slice, float, shift2 on the device): {data['step_ms']:.2f} ms "
                      f"= {data['share_of_step_pct']:.2f}% of a training step")

@@ -4,17 +4,20 @@ Defaults are the paper's MNIST network; every deviation is a named option of `Ca
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.compile_barrier import eager_under_compile
 from models.output import LossTerms, ModelOutput
+from models.dft_conv import stride2_conv_dft, worthwhile
 from models.registry import register
+from models.workspace import Workspace
 
 MARGIN_CONVENTIONS = ("paper", "official")
+PRIMARY_CONV_METHODS = ("auto", "direct", "dft")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,11 @@ class CapsNetConfig:
     margin_lambda: float = 0.5
     # With softmax over parents, W must start small for routing to train (REFERENCES.md 4).
     weight_init_std: float = 0.01
+    # How the PrimaryCaps convolution is computed; not a model choice: all give the same
+    # function up to float rounding. "direct": nn.Conv2d (oneDNN, cuDNN). "dft": through a small
+    # DFT (models/dft_conv.py), whose backward is ~2.4x faster than oneDNN's on the CPU.
+    # "auto": the DFT where it is faster (training, CPU, float32, batch >= 32), else direct.
+    primary_conv: str = "auto"
 
     def __post_init__(self):
         if self.routing_iters < 1:
@@ -51,6 +59,10 @@ class CapsNetConfig:
             raise ValueError(
                 f"margin_convention must be one of {', '.join(MARGIN_CONVENTIONS)}, "
                 f"got {self.margin_convention!r}"
+            )
+        if self.primary_conv not in PRIMARY_CONV_METHODS:
+            raise ValueError(
+                f"primary_conv must be one of {', '.join(PRIMARY_CONV_METHODS)}, got {self.primary_conv!r}"
             )
         if self.primary_grid < 1:
             raise ValueError(f"input_size {self.input_size} is too small for CapsNet (min 26)")
@@ -80,7 +92,7 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 #   - each routing iteration is one sweep over blocks of children sized for the last-level
 #     cache (8 MB): agreement, logit update, softmax over parents and the weighted sum for the
 #     next iteration all use the block while it is in cache, so u_hat is read from memory once
-#     per iteration; its memory is kept between steps (`_Workspace`) instead of re-allocated;
+#     per iteration; its memory is kept between steps (`models.workspace`) instead of re-allocated;
 #   - the first iteration uses the uniform coupling 1/parents (b = 0) without a softmax;
 #   - the backward is written by hand: the gradient of u_hat is a sum of rank-one terms
 #     c_t (x) ds_t + da_t (x) v_t, formed block by block and fed straight into the two GEMMs
@@ -101,60 +113,6 @@ def _blocks(children: int, bytes_per_child: int, device: torch.device):
     step = max(1, min(children, _BLOCK_BYTES // max(1, bytes_per_child)))
     for start in range(0, children, step):
         yield slice(start, min(children, start + step))
-
-
-def _storage_users(tensor: torch.Tensor) -> int | None:
-    use_count = getattr(torch._C, "_storage_Use_Count", None)
-    if use_count is None:
-        return None
-    return use_count(tensor.untyped_storage()._cdata)
-
-
-class _Workspace:
-    """The vote tensor's memory, kept from one forward to the next.
-
-    Allocating 47 MB afresh every step costs the page faults of touching new memory (~10-20 ms
-    on the CPU, over 32 MB glibc always maps fresh pages). The buffer is reused only when nothing
-    else holds it: no autograd graph that saved it for a backward still pending, no view of it.
-    Otherwise (or without the private use-count query) a new buffer is allocated, so reuse can
-    never change a result.
-    """
-
-    def __init__(self):
-        self.tensor: torch.Tensor | None = None
-
-    def get(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        cached = self.tensor
-        if (
-            cached is not None
-            and cached.shape == shape
-            and cached.dtype == like.dtype
-            and cached.device == like.device
-            # a buffer made under inference_mode cannot be written outside it (and vice versa
-            # it would be needlessly tracked)
-            and cached.is_inference() == torch.is_inference_mode_enabled()
-            and not torch.compiler.is_compiling()
-            and _storage_users(cached) == _FREE_USERS
-        ):
-            return cached
-        self.tensor = None
-        fresh = like.new_empty(shape)
-        if not torch.compiler.is_compiling():
-            self.tensor = fresh
-        return fresh
-
-    # Copies and pickles of a model start with an empty workspace.
-    def __deepcopy__(self, memo):
-        return _Workspace()
-
-    def __getstate__(self):
-        return {}
-
-    def __setstate__(self, state):
-        self.tensor = None
-
-
-_FREE_USERS = _storage_users(torch.empty(1))
 
 
 def _squash_backward(s: torch.Tensor, grad_v: torch.Tensor) -> torch.Tensor:
@@ -297,7 +255,7 @@ class _VotesAndRoute(torch.autograd.Function):
         children, _, batch = u_t.shape
         rows = weight_t.shape[1]
         dim = rows // parents
-        votes = workspace.get((children, rows, batch), u_t)
+        votes = workspace.get("votes", (children, rows, batch), u_t)
         first_sum = u_t.new_zeros(rows, batch)
         for part in _blocks(children, rows * batch * u_t.element_size(), u_t.device):
             torch.bmm(weight_t[part], u_t[part], out=votes[part])
@@ -327,34 +285,14 @@ class _VotesAndRoute(torch.autograd.Function):
         return grad_u, grad_w, None, None, None, None, None
 
 
-def _eager_under_compile(fn):
-    """`torch.compiler.disable(fn)`, applied only when something compiles.
-
-    Decorating at import time would import torch._dynamo, which adds about 2 s to the start of
-    every process (every CLI call and test subprocess), compiled or not.
-    """
-    disabled = None
-
-    @functools.wraps(fn)
-    def call(*args):
-        nonlocal disabled
-        if not torch.compiler.is_compiling():
-            return fn(*args)
-        if disabled is None:
-            disabled = torch.compiler.disable(fn)
-        return disabled(*args)
-
-    return call
-
-
-@_eager_under_compile
+@eager_under_compile
 def _votes_and_route(u_t, weight_t, parents, iters, detach_inner, couplings, workspace):
     # torch.compile runs this hand-scheduled part eagerly (a graph break) and compiles the
     # convolutions, decoder and loss around it; tracing the blocked loops gains nothing.
     return _VotesAndRoute.apply(u_t, weight_t, parents, iters, detach_inner, couplings, workspace)
 
 
-@_eager_under_compile
+@eager_under_compile
 def _route_votes(votes, parents, iters, detach_inner, couplings):
     return _RouteVotes.apply(votes, parents, iters, detach_inner, couplings)
 
@@ -391,13 +329,20 @@ class PrimaryCaps(nn.Module):
     one grid position (not `dim` positions of one channel, a common reshape bug).
     """
 
-    def __init__(self, in_channels: int, types: int, dim: int):
+    def __init__(self, in_channels: int, types: int, dim: int, method: str = "auto"):
         super().__init__()
-        self.types, self.dim = types, dim
+        self.types, self.dim, self.method = types, dim, method
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=9, stride=2)
+        self._workspace = Workspace()
+
+    def uses_dft(self, x: torch.Tensor) -> bool:
+        return self.method == "dft" or (self.method == "auto" and worthwhile(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
+        if self.uses_dft(x):
+            out = stride2_conv_dft(x, self.conv.weight, self.conv.bias, self._workspace)
+        else:
+            out = self.conv(x)
         batch, _, height, width = out.shape
         out = out.view(batch, self.types, self.dim, height, width)
         out = out.permute(0, 1, 3, 4, 2).reshape(batch, self.types * height * width, self.dim)
@@ -414,7 +359,7 @@ class DigitCaps(nn.Module):
             config.weight_init_std
             * torch.randn(config.num_primary, config.num_classes, config.primary_dim, config.digit_dim)
         )
-        self._workspace = _Workspace()
+        self._workspace = Workspace()
 
     def _laid_out(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u as (children, child_dim, batch), W as (children, dim * parents, child_dim)."""
@@ -480,7 +425,7 @@ class CapsNet(nn.Module):
         super().__init__()
         self.config = config
         self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=9)
-        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim)
+        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim, config.primary_conv)
         self.digits = DigitCaps(config)
         self.decoder = Decoder(config) if config.decoder else None
 

@@ -17,6 +17,7 @@ from studies.augment import parse_augmentation
 from studies.config import TrainConfig
 from studies.devices import autocast, device_name, resolve_device, synchronize
 from studies.expanded import expanded_test_set, place_on_canvas
+from studies.optimizer import adam
 
 # The expanded validation/test sets are the same for every trial, whatever its seed.
 EXPANDED_EVAL_SEED = 1234
@@ -171,7 +172,7 @@ def train(
         model = build_model(config, config.canvas or train_split.images.shape[-1], num_classes=info.num_classes)
     model.to(device).train()
     augment = parse_augmentation(config.augmentation)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = adam(model.parameters(), config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: config.lr_decay ** (step / config.lr_decay_steps)
     )

@@ -62,7 +62,7 @@ def test_routing_comparison_and_data_rows(smoke_rows):
     routing = {(r["model"], r["mode"]): r for r in smoke_rows if r["section"] == "routing"}
     assert set(routing) == {
         (m, mode) for m in ("capsnet", "reference_a_broadcast", "reference_b_stem") for mode in ("train", "infer")
-    }
+    } | {("capsnet_conv2d", "train"), ("reference_b_stem_conv2d", "train")}
     assert routing[("reference_a_broadcast", "train")]["speedup_vs_reference_a"] == pytest.approx(1.0)
     assert routing[("reference_b_stem", "train")]["time_vs_stem"] == pytest.approx(1.0)
     # Same network, same products: reference (a) and ours count the same FLOPs.

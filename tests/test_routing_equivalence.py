@@ -125,9 +125,9 @@ def test_vote_buffer_is_reused_only_when_no_pending_graph_holds_it():
     for name in together:
         _assert_close(together[name], separately[name], name)
     # Once the graphs are gone, the next forward reuses the buffer.
-    first = ours.digits._workspace.tensor.data_ptr()
+    first = ours.digits._workspace.buffers["votes"].data_ptr()
     total(0).backward()
-    assert ours.digits._workspace.tensor.data_ptr() == first
+    assert ours.digits._workspace.buffers["votes"].data_ptr() == first
 
 
 def test_vote_buffer_survives_switching_between_inference_mode_and_training():

@@ -59,7 +59,7 @@ def test_smoke_study_writes_every_report_file(smoke):
     assert "0.25 ± 0.005" in (out / "ablation-table1.md").read_text()  # the paper beside ours
     assert "\\toprule" in (out / "ablation-table1.tex").read_text()
     report = (out / "REPORT.md").read_text()
-    assert "training images per trial 128" in report and "seeds 0, 1" in report and "ablation-error.png" in report
+    assert "training images per trial 64" in report and "seeds 0, 1" in report and "ablation-error.png" in report
 
 
 def test_running_again_trains_nothing(smoke):
@@ -99,7 +99,7 @@ def write_spec(tmp_path, dataset="mnist", train_size=64, epochs=1):
 
 
 def test_killed_worker_is_detected_and_its_point_retrained(tmp_path):
-    spec = write_spec(tmp_path, train_size=256, epochs=2)
+    spec = write_spec(tmp_path, train_size=128, epochs=2)
     results = tmp_path / "results"
     args = ["run", "--study", str(spec), "--profile", "smoke", "--no-report", "--heartbeat", "0.5", "--grace", "3"]
     worker = studies_cli(*args, results=results, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,0 +1,114 @@
+"""The DFT form of the PrimaryCaps convolution computes exactly what F.conv2d computes."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+from models.dft_conv import MIN_BATCH, stride2_conv_dft, worthwhile
+from models.workspace import Workspace
+
+
+def conv_and_grads(conv, h, w, b, grad_y):
+    h, w, b = (t.detach().clone().requires_grad_() for t in (h, w, b))
+    y = conv(h, w, b)
+    y.backward(grad_y)
+    return y.detach(), h.grad, w.grad, b.grad
+
+
+def direct(h, w, b):
+    return F.conv2d(h, w, b, stride=2)
+
+
+@pytest.mark.parametrize("side", [20, 21, 32, 17])  # MNIST, odd, the 40x40 input's, the smallest
+def test_matches_conv2d_in_float64(side):
+    generator = torch.Generator().manual_seed(side)
+    h = torch.randn(3, 4, side, side, dtype=torch.float64, generator=generator)
+    w = torch.randn(5, 4, 9, 9, dtype=torch.float64, generator=generator)
+    b = torch.randn(5, dtype=torch.float64, generator=generator)
+    out_side = (side - 9) // 2 + 1
+    grad_y = torch.randn(3, 5, out_side, out_side, dtype=torch.float64, generator=generator)
+    workspace = Workspace()
+    ours = conv_and_grads(lambda *a: stride2_conv_dft(*a, workspace), h, w, b, grad_y)
+    expected = conv_and_grads(direct, h, w, b, grad_y)
+    for name, got, want in zip(["y", "grad_h", "grad_w", "grad_b"], ours, expected):
+        assert got.shape == want.shape, name
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_matches_conv2d_at_the_papers_size_in_float32():
+    generator = torch.Generator().manual_seed(0)
+    h = torch.rand(2, 256, 20, 20, generator=generator)
+    w = 0.01 * torch.randn(256, 256, 9, 9, generator=generator)
+    b = torch.randn(256, generator=generator)
+    grad_y = torch.randn(2, 256, 6, 6, generator=generator)
+    workspace = Workspace()
+    ours = conv_and_grads(lambda *a: stride2_conv_dft(*a, workspace), h, w, b, grad_y)
+    for got, want in zip(ours, conv_and_grads(direct, h, w, b, grad_y)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_buffers_are_reused_only_once_no_pending_graph_holds_them():
+    generator = torch.Generator().manual_seed(1)
+    h = torch.randn(2, 3, 20, 20, dtype=torch.float64, generator=generator)
+    weights = [torch.randn(4, 3, 9, 9, dtype=torch.float64, generator=generator).requires_grad_() for _ in range(2)]
+    b = torch.zeros(4, dtype=torch.float64)
+    workspace = Workspace()
+    # two forwards, then both backwards: the second forward must not overwrite the first's spectra
+    pending = [stride2_conv_dft(h, w, b, workspace) for w in weights]
+    for y in pending:
+        y.sum().backward()
+    for w in weights:
+        reference = w.detach().clone().requires_grad_()
+        direct(h, reference, b).sum().backward()
+        torch.testing.assert_close(w.grad, reference.grad, rtol=1e-10, atol=1e-10)
+    del pending
+    first = workspace.buffers["weight_spectra"].data_ptr()
+    stride2_conv_dft(h, weights[0], b, workspace).sum().backward()
+    assert workspace.buffers["weight_spectra"].data_ptr() == first
+
+
+def test_runs_under_no_grad_and_inference_mode():
+    h, w, b = torch.randn(2, 3, 20, 20), torch.randn(4, 3, 9, 9), torch.randn(4)
+    workspace = Workspace()
+    with torch.no_grad():
+        torch.testing.assert_close(stride2_conv_dft(h, w, b, workspace), direct(h, w, b), rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        torch.testing.assert_close(stride2_conv_dft(h, w, b, workspace), direct(h, w, b), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stride2_conv_dft(h, w, b, workspace), direct(h, w, b), rtol=1e-4, atol=1e-4)
+
+
+def test_other_kernels_are_refused():
+    with pytest.raises(ValueError, match="9x9 kernel"):
+        stride2_conv_dft(torch.randn(1, 3, 20, 20), torch.randn(4, 3, 5, 5), torch.zeros(4), Workspace())
+
+
+def test_auto_takes_the_dft_only_where_it_is_faster():
+    assert worthwhile(torch.empty(MIN_BATCH, 256, 20, 20))
+    assert not worthwhile(torch.empty(MIN_BATCH - 1, 256, 20, 20))
+    assert not worthwhile(torch.empty(MIN_BATCH, 256, 20, 20, dtype=torch.bfloat16))  # CPU autocast
+    assert not worthwhile(torch.empty(MIN_BATCH, 256, 20, 20, device="meta"))
+    with torch.no_grad():  # evaluation: a forward alone gains nothing
+        assert not worthwhile(torch.empty(MIN_BATCH, 256, 20, 20))
+
+
+def test_capsnet_gives_the_same_outputs_and_gradients_either_way():
+    torch.manual_seed(0)
+    dft = models.create("capsnet", primary_conv="dft")
+    conv = models.create("capsnet", primary_conv="direct")
+    conv.load_state_dict(copy.deepcopy(dft.state_dict()))
+    images, labels = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    grads = []
+    for model in (dft, conv):
+        output = model(images, labels)
+        model.loss(output, images, labels).total.backward()
+        grads.append((output.scores.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)
+    for name, grad in grads[0][1].items():
+        torch.testing.assert_close(grad, grads[1][1][name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="primary_conv must be one of auto, direct, dft"):
+        models.create("capsnet", primary_conv="fft")
