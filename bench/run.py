@@ -26,6 +26,7 @@ import models
 from bench.references import BroadcastCapsNet, ConvStem
 from models.capsnet import CapsNet
 from models.dft_conv import MIN_BATCH as DFT_MIN_BATCH
+from models.dft_conv import direct_convolutions
 from bench.timing import (
     Timing,
     count_flops,
@@ -36,6 +37,7 @@ from bench.timing import (
     time_runs,
 )
 from studies.augment import parse_augmentation
+from studies.cpu_allocator import pin_malloc_thresholds
 from studies.devices import autocast, device_name, resolve_device
 from studies.optimizer import adam
 
@@ -67,10 +69,10 @@ class Profile:
     data_repeats: int
 
 
-# quick fits in about 3 minutes on the 2-core CPU: cnn_paper alone trains at ~29 images/s.
+# quick fits in about 3 minutes on the 2-core CPU, where cnn_paper trains at only ~15 images/s.
 PROFILES = {
     "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, data_repeats=5),
-    "quick": Profile((32, 64, 128), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5, data_repeats=50),
+    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5, data_repeats=50),
     "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64, compare_rounds=10, data_repeats=100),
     "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64, compare_rounds=20, data_repeats=200),
 }
@@ -166,9 +168,11 @@ class _Runner:
         return self.train_step if mode == "train" else self.infer
 
     def flops_per_image(self, mode: str) -> int:
-        # Counted on the eager model (the compiled one computes the same products).
+        # The network's nominal FLOPs: counted on the eager model (the compiled one computes the
+        # same products) with direct convolutions, where CapsNet's DFT path needs about a third.
         fn = self.train_step if mode == "train" else self.infer
-        return count_flops(lambda: fn(self.model)) // self.images.shape[0]
+        with direct_convolutions():
+            return count_flops(lambda: fn(self.model)) // self.images.shape[0]
 
 
 def _environment(options: BenchOptions, device: torch.device, threads: int) -> dict:
@@ -304,6 +308,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     options = options.validate()
     device = resolve_device(options.device)
     caller_threads = torch.get_num_threads()
+    pin_malloc_thresholds()  # else a row's speed would depend on the rows before it
     try:
         threads = set_threads(options.threads)
         env = _environment(options, device, threads)
@@ -406,7 +411,9 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
         "spread_iqr_pct is the interquartile range of the step times as a percentage of the median. "
         "A train step is forward, loss, backward and an Adam step; infer is a forward pass under "
         "torch.inference_mode. flops_per_image counts FLOPs (2 per multiply-add) of matrix products "
-        "and convolutions with torch.utils.flop_counter; peak memory is the CUDA allocator's maximum "
+        "and convolutions with torch.utils.flop_counter, as direct convolutions (the network's nominal "
+        "FLOPs; CapsNet's DFT path for PrimaryCaps needs about a third of them), so achieved_gflop_per_s "
+        "is nominal FLOPs per second; peak memory is the CUDA allocator's maximum "
         "on GPUs and the process's peak resident set size on the CPU. Written by `python -m bench`.",
         "",
         "## Environment",

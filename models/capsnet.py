@@ -12,7 +12,7 @@ from torch import nn
 
 from models.compile_barrier import eager_under_compile
 from models.output import LossTerms, ModelOutput
-from models.dft_conv import stride2_conv_dft, worthwhile
+from models.dft_conv import direct_only, stride2_conv_dft, worthwhile
 from models.registry import register
 from models.workspace import Workspace
 
@@ -336,6 +336,8 @@ class PrimaryCaps(nn.Module):
         self._workspace = Workspace()
 
     def uses_dft(self, x: torch.Tensor) -> bool:
+        if direct_only():
+            return False
         return self.method == "dft" or (self.method == "auto" and worthwhile(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,8 @@ exact adjoint, written out (two more batched matmuls and the transposed transfor
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +38,22 @@ PHASE_KERNEL = (KERNEL + 1) // STRIDE  # 5: the 9x9 kernel padded to 10x10, spli
 MIN_BATCH = 32
 
 _transforms: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_direct_only = False
+
+
+@contextlib.contextmanager
+def direct_convolutions():
+    """Inside, every PrimaryCaps layer uses nn.Conv2d, e.g. to count a network's nominal FLOPs."""
+    global _direct_only
+    previous, _direct_only = _direct_only, True
+    try:
+        yield
+    finally:
+        _direct_only = previous
+
+
+def direct_only() -> bool:
+    return _direct_only
 
 
 def worthwhile(h: torch.Tensor) -> bool:

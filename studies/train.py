@@ -15,6 +15,7 @@ import models
 from studies import datasets
 from studies.augment import parse_augmentation
 from studies.config import TrainConfig
+from studies.cpu_allocator import pin_malloc_thresholds
 from studies.devices import autocast, device_name, resolve_device, synchronize
 from studies.expanded import expanded_test_set, place_on_canvas
 from studies.optimizer import adam
@@ -164,6 +165,7 @@ def train(
     With `checkpoint`, the full training state is saved after every epoch, and a run of the
     same configuration resumes from it: the same result as an uninterrupted run."""
     device = resolve_device(config.device)
+    pin_malloc_thresholds()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     info = datasets.get_info(config.dataset)

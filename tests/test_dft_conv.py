@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.dft_conv import MIN_BATCH, stride2_conv_dft, worthwhile
+from models.dft_conv import MIN_BATCH, direct_convolutions, stride2_conv_dft, worthwhile
 from models.workspace import Workspace
 
 
@@ -112,3 +112,12 @@ def test_capsnet_gives_the_same_outputs_and_gradients_either_way():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="primary_conv must be one of auto, direct, dft"):
         models.create("capsnet", primary_conv="fft")
+
+
+def test_direct_convolutions_switches_every_primarycaps_layer_to_conv2d():
+    model = models.create("capsnet", primary_conv="dft")
+    h = torch.empty(MIN_BATCH, 256, 20, 20)
+    assert model.primary.uses_dft(h)
+    with direct_convolutions():
+        assert not model.primary.uses_dft(h)
+    assert model.primary.uses_dft(h)

@@ -59,3 +59,11 @@ def test_cli_trains_and_prints_json():
     assert metrics["config"]["model_options"] == {"routing_iters": 2, "recon_weight": 0.0005}
     assert metrics["params"] == 8_215_568 and metrics["test_images"] == 100
     assert set(metrics) >= {"test_accuracy", "test_error", "history", "train_seconds", "train_images_per_s"}
+
+
+def test_malloc_thresholds_are_pinned_on_glibc():
+    import platform
+
+    from studies.cpu_allocator import pin_malloc_thresholds
+
+    assert pin_malloc_thresholds() == (platform.libc_ver()[0] == "glibc")
