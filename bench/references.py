@@ -7,7 +7,7 @@
     the paper's (softmax over the parents, no stop-gradient), so with the same weights it must
     give our model's outputs and gradients (tests/test_routing_equivalence.py). Written here from
     the paper, not copied from any repository.
-(b) `ConvStem`: Conv1 + the PrimaryCaps convolution alone, forward and backward: the floor no
+(b) `ConvStem`: Conv1 + the PrimaryCaps layer alone, forward and backward: the floor no
     routing implementation can beat, since every CapsNet has to run these two convolutions. It
     computes them as the model it is compared with does (`primary_conv`).
 """

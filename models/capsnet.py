@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.compile_barrier import eager_under_compile
-from models.output import LossTerms, ModelOutput
 from models.dft_conv import direct_only, stride2_conv_dft, worthwhile
+from models.output import LossTerms, ModelOutput
 from models.registry import register
 from models.workspace import Workspace
 
@@ -331,6 +331,8 @@ class PrimaryCaps(nn.Module):
 
     def __init__(self, in_channels: int, types: int, dim: int, method: str = "auto"):
         super().__init__()
+        if method not in PRIMARY_CONV_METHODS:
+            raise ValueError(f"primary_conv must be one of {', '.join(PRIMARY_CONV_METHODS)}, got {method!r}")
         self.types, self.dim, self.method = types, dim, method
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=9, stride=2)
         self._workspace = Workspace()

@@ -5,7 +5,8 @@ Why: on the CPU this one convolution is most of a CapsNet training step, and one
 for it takes about 4x its forward. Measured on the project's 2-core CPU (fp32, batch 64): forward
 126 ms here vs 137 ms for nn.Conv2d, forward + backward 344 ms vs 661 ms; Conv1 + PrimaryCaps
 together 1.6-1.8x faster. At batch 16 it is slower (the weight transform is a fixed cost per
-step), and a forward alone gains nothing: hence `worthwhile`.
+step), and a forward alone gains nothing: hence `worthwhile`. The price is memory: the weight
+spectra and their gradient (about 109 MB each for CapsNet) stay in the layer's workspace.
 
 The maths. A stride-2 correlation splits into its four polyphase parts: with the phase images
 h_pq[m, n] = h[2m + p, 2n + q] (N x N, N = side / 2) and the phase kernels
@@ -31,8 +32,8 @@ import torch.nn.functional as F
 from models.compile_barrier import eager_under_compile
 from models.workspace import Workspace
 
-KERNEL, STRIDE = 9, 2
-PHASE_KERNEL = (KERNEL + 1) // STRIDE  # 5: the 9x9 kernel padded to 10x10, split in 4 phases
+KERNEL = 9  # with stride 2
+PHASE_KERNEL = (KERNEL + 1) // 2  # 5: the 9x9 kernel padded to 10x10, split in 4 phases
 # Below this batch the fixed cost of transforming the weights outweighs the gain (measured:
 # batch 16 0.88x, 32 1.37x, 64 1.6-1.8x, 128 1.8x of nn.Conv2d's speed on 2 CPU cores).
 MIN_BATCH = 32
@@ -68,10 +69,15 @@ def worthwhile(h: torch.Tensor) -> bool:
     )
 
 
+def _self_conjugate_columns(n: int) -> set[int]:
+    """rfft2 columns whose bins come in conjugate pairs (u, n - u): v = 0, and v = n/2 for even n."""
+    return {0, n // 2} if n % 2 == 0 else {0}
+
+
 def _independent_bins(n: int) -> list[tuple[int, int]]:
-    """(u, v) of the rfft2 bins kept: all but the conjugate halves of columns 0 and n/2."""
-    self_conjugate = {0, n // 2} if n % 2 == 0 else {0}
-    return [(u, v) for u in range(n) for v in range(n // 2 + 1) if not (v in self_conjugate and u > n // 2)]
+    """(u, v) of the rfft2 bins kept: all but the conjugate halves of those columns."""
+    paired = _self_conjugate_columns(n)
+    return [(u, v) for u in range(n) for v in range(n // 2 + 1) if not (v in paired and u > n // 2)]
 
 
 def _build_transforms(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,13 +93,13 @@ def _build_transforms(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         PHASE_KERNEL**2, -1
     )
     side = n - PHASE_KERNEL + 1
-    self_conjugate = {0, n // 2} if n % 2 == 0 else {0}
+    paired = _self_conjugate_columns(n)
     spectrum_to_output = torch.zeros(len(bins), 2, side * side, dtype=torch.float64)
     for index, (u, v) in enumerate(bins):
         for part, unit in enumerate((1.0, 1j)):
             spectrum = torch.zeros(n, half, dtype=torch.complex128)
             spectrum[u, v] += unit
-            if v in self_conjugate and 0 < u < n - u:  # the dropped conjugate partner
+            if v in paired and 0 < u < n - u:  # the dropped conjugate partner
                 spectrum[n - u, v] += complex(unit).conjugate()
             spectrum_to_output[index, part] = torch.fft.irfft2(spectrum, s=(n, n))[:side, :side].reshape(-1)
     return image_to_spectrum, kernel_to_spectrum, spectrum_to_output.reshape(2 * len(bins), side * side)
@@ -187,4 +193,8 @@ def stride2_conv_dft(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, works
                          f"on {tuple(h.shape)}")
     if h.shape[-1] % 2:  # a zero row and column at the far edge change no output of a stride-2 conv
         h = F.pad(h, (0, 1, 0, 1))
-    return _Stride2ConvDFT.apply(h.contiguous(), w.contiguous(), bias, workspace)
+    # At least float32, also under autocast (the out= products do not autocast, and bf16
+    # spectra would lose more than a bf16 convolution does); the layers after it cast as usual.
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    with torch.autocast(h.device.type, enabled=False):
+        return _Stride2ConvDFT.apply(h.to(dtype).contiguous(), w.to(dtype).contiguous(), bias.to(dtype), workspace)

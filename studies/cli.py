@@ -213,7 +213,8 @@ def _run_studies(args) -> None:
     if args.workers > 1:
         _run_workers(args, args.argv)
         if not args.no_report:
-            _write_report(specs, _run_options(args))
+            options = _run_options(args)
+            _write_report(_with_stored_builtins(specs, args, options), options)
         return
     options = _run_options(args)
     for spec in specs:
@@ -225,7 +226,24 @@ def _run_studies(args) -> None:
             counts = run_study(spec, options)
         print(f"{spec.name} [{spec.dataset}, {args.profile}]: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     if not args.no_report:
-        _write_report(specs, options)
+        _write_report(_with_stored_builtins(specs, args, options), options)
+
+
+def _with_stored_builtins(specs, args, options):
+    """`specs` plus every other built-in study this profile already holds in storage, so that
+    REPORT.md still covers them all after a run of one study."""
+    import optuna
+
+    from studies.engine import study_name
+    from studies.spec import builtin_names, load_spec
+    from studies.storage import open_storage
+
+    stored = set(optuna.get_all_study_names(open_storage(options.storage, options.results, options.workers)))
+    ran = {spec.name for spec in specs}
+    others = [load_spec(name, args.dataset) for name in builtin_names() if name not in ran]
+    return list(specs) + [
+        spec for spec in others if args.profile in spec.profiles and study_name(spec, args.profile) in stored
+    ]
 
 
 def _run_report(args) -> None:

@@ -26,8 +26,8 @@ def run_cli(capsys, monkeypatch):
             capsys.readouterr()
             try:
                 code = PROGRAMS[program](argv)
-            except SystemExit as exit:  # argparse's own errors
-                code = exit.code
+            except SystemExit as stopped:  # argparse's own errors
+                code = stopped.code
             out, err = capsys.readouterr()
         return subprocess.CompletedProcess([program, *argv], code, out, err)
 

@@ -51,22 +51,40 @@ def test_matches_conv2d_at_the_papers_size_in_float32():
 
 def test_buffers_are_reused_only_once_no_pending_graph_holds_them():
     generator = torch.Generator().manual_seed(1)
-    h = torch.randn(2, 3, 20, 20, dtype=torch.float64, generator=generator)
+    inputs = [torch.randn(2, 3, 20, 20, dtype=torch.float64, generator=generator).requires_grad_() for _ in range(2)]
     weights = [torch.randn(4, 3, 9, 9, dtype=torch.float64, generator=generator).requires_grad_() for _ in range(2)]
     b = torch.zeros(4, dtype=torch.float64)
     workspace = Workspace()
-    # two forwards, then both backwards: the second forward must not overwrite the first's spectra
-    pending = [stride2_conv_dft(h, w, b, workspace) for w in weights]
+    # two forwards, then both backwards: the second forward must not overwrite the weight
+    # spectra the first saved (the input gradient reads them)
+    pending = [stride2_conv_dft(h, w, b, workspace) for h, w in zip(inputs, weights)]
     for y in pending:
         y.sum().backward()
-    for w in weights:
-        reference = w.detach().clone().requires_grad_()
-        direct(h, reference, b).sum().backward()
-        torch.testing.assert_close(w.grad, reference.grad, rtol=1e-10, atol=1e-10)
+    for h, w in zip(inputs, weights):
+        h_ref, w_ref = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+        direct(h_ref, w_ref, b).sum().backward()
+        torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-10, atol=1e-10)
     del pending
     first = workspace.buffers["weight_spectra"].data_ptr()
-    stride2_conv_dft(h, weights[0], b, workspace).sum().backward()
+    stride2_conv_dft(inputs[0], weights[0], b, workspace).sum().backward()
     assert workspace.buffers["weight_spectra"].data_ptr() == first
+
+
+def test_runs_in_float32_under_autocast():
+    h, w, b = torch.randn(2, 3, 20, 20), torch.randn(4, 3, 9, 9), torch.randn(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = stride2_conv_dft(h.bfloat16(), w, b, Workspace())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, direct(h.bfloat16().float(), w, b), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_capsnet_matches_eager():
+    torch.manual_seed(0)
+    model = models.create("capsnet", primary_conv="dft")
+    images, labels = torch.rand(2, 1, 28, 28), torch.tensor([3, 7])
+    compiled = torch.compile(model, backend="eager")  # dynamo's graph breaks, without inductor's build time
+    torch.testing.assert_close(compiled(images, labels).scores, model(images, labels).scores)
 
 
 def test_runs_under_no_grad_and_inference_mode():

@@ -134,3 +134,13 @@ def test_dataset_override_runs_fashion_mnist(tmp_path):
     frame = pd.read_csv(results / "smoke" / "tiny-fashion_mnist.csv")
     assert len(frame) == 4
     assert "fashion_mnist" in (results / "smoke" / "REPORT.md").read_text()
+
+
+def test_running_one_more_study_keeps_the_others_in_the_report(smoke, tmp_path):
+    results, _ = smoke
+    done = studies_cli("run", "--study", str(write_spec(tmp_path)), "--profile", "smoke", "--no-progress",
+                       results=results)
+    assert done.returncode == 0, done.stderr
+    report = (results / "smoke" / "REPORT.md").read_text()
+    assert "ablation-error.png" in report  # the earlier study's section is still there
+    assert "tiny" in report
