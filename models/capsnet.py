@@ -20,6 +20,11 @@ MARGIN_CONVENTIONS = ("paper", "official")
 PRIMARY_CONV_METHODS = ("auto", "direct", "dft")
 
 
+def _check_primary_conv(method: str) -> None:
+    if method not in PRIMARY_CONV_METHODS:
+        raise ValueError(f"primary_conv must be one of {', '.join(PRIMARY_CONV_METHODS)}, got {method!r}")
+
+
 @dataclass(frozen=True)
 class CapsNetConfig:
     in_channels: int = 1
@@ -60,10 +65,7 @@ class CapsNetConfig:
                 f"margin_convention must be one of {', '.join(MARGIN_CONVENTIONS)}, "
                 f"got {self.margin_convention!r}"
             )
-        if self.primary_conv not in PRIMARY_CONV_METHODS:
-            raise ValueError(
-                f"primary_conv must be one of {', '.join(PRIMARY_CONV_METHODS)}, got {self.primary_conv!r}"
-            )
+        _check_primary_conv(self.primary_conv)
         if self.primary_grid < 1:
             raise ValueError(f"input_size {self.input_size} is too small for CapsNet (min 26)")
 
@@ -125,10 +127,11 @@ def _squash_backward(s: torch.Tensor, grad_v: torch.Tensor) -> torch.Tensor:
 class _RoutingState:
     """What the forward keeps for the backward: s_t, v_t (dim, parents, batch) and c_t."""
 
-    def __init__(self):
+    def __init__(self, parents: int):
         self.s: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.c: list[torch.Tensor | None] = []  # (children, parents, batch); None: uniform
+        self.uniform = 1.0 / parents  # c_1: the logits start at 0
 
 
 def _route_forward(
@@ -144,14 +147,14 @@ def _route_forward(
     """
     children, dim, width = votes.shape
     batch = width // parents
-    state = _RoutingState()
+    state = _RoutingState(parents)
     s = first_sum / parents  # c_1 = 1 / parents
     v = squash(s, dim=0)
     state.s.append(s)
     state.v.append(v)
     state.c.append(None)
     if couplings is not None:
-        couplings.append(votes.new_full((), 1.0 / parents).expand(batch, children, parents))
+        couplings.append(votes.new_full((), state.uniform).expand(batch, children, parents))
     if iters > 1:
         logits = votes.new_zeros(children, parents, batch)
     for _ in range(1, iters):
@@ -229,9 +232,8 @@ class _RouteVotes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, votes, parents, iters, detach_inner, couplings):
         v, state = _route_forward(votes, votes.sum(0), parents, iters, couplings)
-        state.uniform = 1.0 / parents
         ctx.save_for_backward(votes)
-        ctx.state, ctx.detach_inner, ctx.parents = state, detach_inner, parents
+        ctx.state, ctx.detach_inner = state, detach_inner
         return v
 
     @staticmethod
@@ -262,7 +264,6 @@ class _VotesAndRoute(torch.autograd.Function):
             first_sum += votes[part].sum(0)
         votes = votes.view(children, dim, parents * batch)
         v, state = _route_forward(votes, first_sum.view(dim, -1), parents, iters, couplings)
-        state.uniform = 1.0 / parents
         ctx.save_for_backward(u_t, weight_t, votes)
         ctx.state, ctx.detach_inner = state, detach_inner
         return v
@@ -331,8 +332,7 @@ class PrimaryCaps(nn.Module):
 
     def __init__(self, in_channels: int, types: int, dim: int, method: str = "auto"):
         super().__init__()
-        if method not in PRIMARY_CONV_METHODS:
-            raise ValueError(f"primary_conv must be one of {', '.join(PRIMARY_CONV_METHODS)}, got {method!r}")
+        _check_primary_conv(method)
         self.types, self.dim, self.method = types, dim, method
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=9, stride=2)
         self._workspace = Workspace()
@@ -371,12 +371,6 @@ class DigitCaps(nn.Module):
         u_t = u.float().permute(1, 2, 0).contiguous()
         weight_t = self.weight.float().permute(0, 3, 1, 2).reshape(children, dim * parents, child_dim)
         return u_t, weight_t
-
-    def votes(self, u: torch.Tensor) -> torch.Tensor:
-        """u_hat_{j|i} = W_ij u_i: (batch, children, child_dim) -> (batch, children, parents, dim)."""
-        children, parents, _, dim = self.weight.shape
-        u_t, weight_t = self._laid_out(u)
-        return torch.bmm(weight_t, u_t).view(children, dim, parents, -1).permute(3, 0, 2, 1)
 
     def forward(self, u: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
         # Votes and routing in float32 even under autocast (softmax and squash of bf16 votes
