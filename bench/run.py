@@ -107,8 +107,7 @@ class BenchOptions:
             raise ValueError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
         names = tuple(self.models) if self.models else tuple(models.names())
         for name in names:
-            if name not in models.names():
-                raise ValueError(f"unknown model {name!r}; valid models: {', '.join(models.names())}")
+            models.config_class(name)  # raises on an unknown name, listing the valid ones
         sizes = tuple(self.batch_sizes) if self.batch_sizes else PROFILES[self.profile].batch_sizes
         for size in sizes:
             if not isinstance(size, int) or size < 1:
@@ -133,7 +132,9 @@ def _build(name: str, options: BenchOptions) -> torch.nn.Module:
 class _Runner:
     """One model on the device, with the train-step and inference callables the rows time."""
 
-    def __init__(self, model: torch.nn.Module, batch: int, options: BenchOptions, device: torch.device):
+    def __init__(
+        self, model: torch.nn.Module, batch: int, options: BenchOptions, device: torch.device, flop_counts: dict
+    ):
         generator = torch.Generator(device="cpu").manual_seed(options.seed)
         channels = getattr(getattr(model, "config", None), "in_channels", 1)
         size = options.image_size
@@ -147,6 +148,7 @@ class _Runner:
         self.forward = torch.compile(self.model) if options.compile else self.model
         self.optimizer = adam(self.model.parameters(), lr=1e-3)  # the trainer's optimiser
         self.device, self.bf16 = device, options.bf16
+        self.flop_counts = flop_counts
 
     def train_step(self, forward=None) -> None:
         forward = forward or self.forward
@@ -170,9 +172,14 @@ class _Runner:
     def flops_per_image(self, mode: str) -> int:
         # The network's nominal FLOPs: counted on the eager model (the compiled one computes the
         # same products) with direct convolutions, where CapsNet's DFT path needs about a third.
-        fn = self.train_step if mode == "train" else self.infer
-        with direct_convolutions():
-            return count_flops(lambda: fn(self.model)) // self.images.shape[0]
+        # Every counted product grows with the batch, so one count per network and mode serves
+        # all batch sizes (`flop_counts` is shared by the rows of one benchmark run).
+        key = (type(self.model), getattr(self.model, "config", None), mode)
+        if key not in self.flop_counts:
+            fn = self.step(mode)
+            with direct_convolutions():
+                self.flop_counts[key] = count_flops(lambda: fn(self.model)) // self.images.shape[0]
+        return self.flop_counts[key]
 
 
 def _environment(options: BenchOptions, device: torch.device, threads: int) -> dict:
@@ -216,13 +223,13 @@ def _log(message: str, log: Callable[[str], None] | None) -> None:
         log(message)
 
 
-def _model_rows(options: BenchOptions, device, env, log) -> list[dict]:
+def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> list[dict]:
     profile = PROFILES[options.profile]
     rows = []
     for name in options.models:
         for batch in options.batch_sizes:
             torch.manual_seed(options.seed)
-            runner = _Runner(_build(name, options), batch, options, device)
+            runner = _Runner(_build(name, options), batch, options, device, flop_counts)
             for mode in ("train", "infer"):
                 reset_peak_memory(device)
                 timing = time_runs(runner.step(mode), device, profile.warmup, profile.repeats, profile.row_budget_s)
@@ -235,11 +242,11 @@ def _model_rows(options: BenchOptions, device, env, log) -> list[dict]:
     return rows
 
 
-def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
+def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> list[dict]:
     """CapsNet vs reference (a) and the convolution stem (b), timed round-robin."""
     profile = PROFILES[options.profile]
     batch = profile.compare_batch
-    if options.batch_sizes and options.profile == "smoke":
+    if options.profile == "smoke":  # validate() filled in batch_sizes
         batch = min(options.batch_sizes)
     torch.manual_seed(options.seed)
     ours = _build(COMPARE_MODEL, options)
@@ -247,13 +254,13 @@ def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
     ours_conv2d = CapsNet(conv2d_config)
     ours_conv2d.load_state_dict(ours.state_dict())
     runners = {
-        COMPARE_MODEL: _Runner(ours, batch, options, device),
-        REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device),
-        REFERENCE_B: _Runner(ConvStem(ours.config), batch, options, device),
+        COMPARE_MODEL: _Runner(ours, batch, options, device, flop_counts),
+        REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device, flop_counts),
+        REFERENCE_B: _Runner(ConvStem(ours.config), batch, options, device, flop_counts),
         # The same two with nn.Conv2d for PrimaryCaps, separating the routing's gain from the
         # DFT convolution's. Training only: at inference `auto` takes nn.Conv2d anyway.
-        COMPARE_CONV2D: _Runner(ours_conv2d, batch, options, device),
-        REFERENCE_B_CONV2D: _Runner(ConvStem(conv2d_config), batch, options, device),
+        COMPARE_CONV2D: _Runner(ours_conv2d, batch, options, device, flop_counts),
+        REFERENCE_B_CONV2D: _Runner(ConvStem(conv2d_config), batch, options, device, flop_counts),
     }
     rows = []
     our_step_s = 0.0
@@ -315,9 +322,10 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     try:
         threads = set_threads(options.threads)
         env = _environment(options, device, threads)
-        rows = _model_rows(options, device, env, log)
+        flop_counts: dict = {}
+        rows = _model_rows(options, device, env, log, flop_counts)
         if options.references:
-            rows += _routing_rows(options, device, env, log)
+            rows += _routing_rows(options, device, env, log, flop_counts)
     finally:  # a library call must not leave the caller's process on other thread counts
         torch.set_num_threads(caller_threads)
     return rows
