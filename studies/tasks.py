@@ -21,7 +21,7 @@ from studies.config import TrainConfig
 from studies.datasets import default_data_root
 from studies.devices import resolve_device
 from studies.spec import Profile, StudySpec
-from studies.train import EpochCallback, Split, StopTraining, build_model, evaluate, load_splits, train
+from studies.train import Split, StopTraining, build_model, evaluate, load_splits, train
 
 
 @dataclass
@@ -36,9 +36,8 @@ class TaskOutcome:
 
 @dataclass(frozen=True)
 class TrainHooks:
-    """What the engine hands to a task's training: an epoch callback and a checkpoint path."""
+    """What the engine hands to a task's training: the checkpoint path."""
 
-    on_epoch: EpochCallback | None = None
     checkpoint: Path | None = None
 
 
@@ -71,18 +70,9 @@ def train_metrics(result) -> dict[str, Any]:
     }
 
 
-def _chain(*callbacks: EpochCallback | None) -> EpochCallback:
-    def run(record, model):
-        for callback in callbacks:
-            if callback is not None:
-                callback(record, model)
-
-    return run
-
-
 @task("accuracy")
 def accuracy_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
-    return TaskOutcome(metrics=train_metrics(train(config, hooks.on_epoch, checkpoint=hooks.checkpoint)))
+    return TaskOutcome(metrics=train_metrics(train(config, checkpoint=hooks.checkpoint)))
 
 
 # --- affNIST at matched clean accuracy ------------------------------------------------------
@@ -121,8 +111,8 @@ def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> Robus
 @task("affnist")
 def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
     target = float(profile.extra.get("target_accuracy", spec.settings.get("target_accuracy", 0.992)))
-    device = resolve_device(config.device)
-    _, _, clean_test = load_splits(config, device)
+    splits = load_splits(config, resolve_device(config.device))
+    clean_test = splits[2]
     robustness = affnist_set(spec, profile, config)
     matched: dict[str, Any] = {}
 
@@ -134,8 +124,8 @@ def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: 
                            affnist_accuracy=evaluate(model, robustness.split, config.eval_batch_size, bf16=config.bf16))
             raise StopTraining
 
-    model = build_model(config, config.canvas)
-    result = train(config, _chain(hooks.on_epoch, check_target), model, hooks.checkpoint)
+    model = build_model(config)
+    result = train(config, check_target, model, hooks.checkpoint, splits)
     metrics = train_metrics(result)
     metrics.update(
         target_accuracy=target,
@@ -186,10 +176,10 @@ def rotation_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks:
     shifts = list(spec.settings.get("shifts", range(-6, 7, 2)))
     angles = list(profile.extra.get("angles", angles))
     shifts = list(profile.extra.get("shifts", shifts))
-    device = resolve_device(config.device)
-    model = build_model(config, 28)
-    result = train(config, hooks.on_epoch, model, hooks.checkpoint)
-    _, _, test = load_splits(config, device)
+    splits = load_splits(config, resolve_device(config.device))
+    model = build_model(config)
+    result = train(config, None, model, hooks.checkpoint, splits)
+    test = splits[2]
     rows = _sweep(model, test, config.eval_batch_size, "rotation", angles)
     rows += _sweep(model, test, config.eval_batch_size, "translation", shifts)
     return TaskOutcome(metrics=train_metrics(result), rows=rows)

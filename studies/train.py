@@ -95,9 +95,12 @@ def load_splits(config: TrainConfig, device: torch.device) -> tuple[Split, Split
     return train, val, test
 
 
-def build_model(config: TrainConfig, image_size: int, channels: int = 1, num_classes: int = 10):
-    options = {"in_channels": channels, "input_size": image_size, "num_classes": num_classes}
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The configuration's model, sized for its dataset (or canvas) and initialised from its seed."""
+    info = datasets.get_info(config.dataset)
+    options = {"in_channels": 1, "input_size": config.canvas or info.image_size, "num_classes": info.num_classes}
     options.update(config.model_options)
+    torch.manual_seed(config.seed)
     return models.create(config.model, **options)
 
 
@@ -158,20 +161,21 @@ def train(
     on_epoch: EpochCallback | None = None,
     model: torch.nn.Module | None = None,
     checkpoint: Path | None = None,
+    splits: tuple[Split, Split | None, Split] | None = None,
 ) -> TrainResult:
     """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
     raise StopTraining to end early, or anything else to abort (e.g. to prune). `model`
     replaces the freshly built one and is trained in place (callers keep a handle on it).
     With `checkpoint`, the full training state is saved after every epoch, and a run of the
-    same configuration resumes from it: the same result as an uninterrupted run."""
+    same configuration resumes from it: the same result as an uninterrupted run. `splits`, as
+    `load_splits` returns them, spares a caller that needs them too a second load."""
     device = resolve_device(config.device)
     pin_malloc_thresholds()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    info = datasets.get_info(config.dataset)
-    train_split, val_split, test_split = load_splits(config, device)
+    train_split, val_split, test_split = splits or load_splits(config, device)
     if model is None:
-        model = build_model(config, config.canvas or train_split.images.shape[-1], num_classes=info.num_classes)
+        model = build_model(config)
     model.to(device).train()
     augment = parse_augmentation(config.augmentation)
     optimizer = adam(model.parameters(), config.lr)

@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from studies.config import TrainConfig
-from studies.train import train
+from studies.train import build_model, train
 
 pytestmark = pytest.mark.data
 
@@ -67,3 +68,13 @@ def test_malloc_thresholds_are_pinned_on_glibc():
     from studies.cpu_allocator import pin_malloc_thresholds
 
     assert pin_malloc_thresholds() == (platform.libc_ver()[0] == "glibc")
+
+
+def test_models_are_initialised_from_the_configured_seed():
+    first = build_model(TrainConfig(model="cnn_pool", seed=1))
+    torch.rand(10)  # whatever ran before must not matter
+    again = build_model(TrainConfig(model="cnn_pool", seed=1))
+    other = build_model(TrainConfig(model="cnn_pool", seed=2))
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
+    assert not torch.equal(next(first.parameters()), next(other.parameters()))
+
