@@ -135,7 +135,9 @@ def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: 
         # Only a checkpoint at the target is compared; the final model of one that never got
         # there is measured too, but reported apart.
         affnist_accuracy=matched.get("affnist_accuracy"),
-        unmatched_affnist_accuracy=None if matched else evaluate(model, robustness.split, config.eval_batch_size),
+        unmatched_affnist_accuracy=None if matched else evaluate(
+            model, robustness.split, config.eval_batch_size, bf16=config.bf16
+        ),
         robustness_set=robustness.name,
         robustness_details=robustness.details,
     )
