@@ -13,10 +13,13 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes.
+# Re-installs only when pyproject.toml changes. Then builds the CPU routing kernel (about 40 s,
+# cached by torch; rebuilt on first use if its source changes); without a compiler it says so
+# and routing runs on PyTorch ops.
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m models.build_kernels
 	touch $@
 
 setup: $(INSTALLED)

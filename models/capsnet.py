@@ -14,6 +14,7 @@ from models.compile_barrier import eager_under_compile
 from models.dft_conv import direct_only, stride2_conv_dft, worthwhile
 from models.output import LossTerms, ModelOutput
 from models.registry import register
+from models.routing_sweeps import VotesGrad, backward_sweep, blocks, forward_sweep
 from models.workspace import Workspace
 
 MARGIN_CONVENTIONS = ("paper", "official")
@@ -91,10 +92,12 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 #     routing reads best: (children, dim, parents, batch). The reductions over dim and the
 #     softmax over parents then run over an outer axis with the contiguous batch axis inside,
 #     which vectorises (PyTorch's CPU reductions over a short innermost axis are 5-20x slower);
-#   - each routing iteration is one sweep over blocks of children sized for the last-level
-#     cache (8 MB): agreement, logit update, softmax over parents and the weighted sum for the
-#     next iteration all use the block while it is in cache, so u_hat is read from memory once
-#     per iteration; its memory is kept between steps (`models.workspace`) instead of re-allocated;
+#   - each routing iteration is one sweep over the children (`models.routing_sweeps`):
+#     agreement, logit update, softmax over parents and the weighted sum for the next iteration
+#     all use a child's votes while they are in cache, so u_hat is read from memory once per
+#     iteration (on the CPU by a small C++ kernel, elsewhere by PyTorch ops on blocks sized for
+#     the last-level cache); its memory is kept between steps (`models.workspace`) instead of
+#     re-allocated;
 #   - the first iteration uses the uniform coupling 1/parents (b = 0) without a softmax;
 #   - the backward is written by hand: the gradient of u_hat is a sum of rank-one terms
 #     c_t (x) ds_t + da_t (x) v_t, formed block by block and fed straight into the two GEMMs
@@ -103,18 +106,6 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 # `detach_inner`); tests/test_routing_equivalence.py checks outputs and gradients against a
 # straightforward broadcast implementation. Off the CPU one block spans all children, so the
 # same code issues a few large kernels.
-# Bigger blocks mean fewer (OpenMP-parallel) ops per step, which matters when other processes
-# share the cores; 2 MB and 8 MB blocks measured the same on the 2-core CPU, one 47 MB block slower.
-_BLOCK_BYTES = 1 << 23
-
-
-def _blocks(children: int, bytes_per_child: int, device: torch.device):
-    if device.type != "cpu":
-        yield slice(0, children)
-        return
-    step = max(1, min(children, _BLOCK_BYTES // max(1, bytes_per_child)))
-    for start in range(0, children, step):
-        yield slice(start, min(children, start + step))
 
 
 def _squash_backward(s: torch.Tensor, grad_v: torch.Tensor) -> torch.Tensor:
@@ -145,7 +136,7 @@ def _route_forward(
 
     Returns v as (dim, parents * batch) and the state for the backward. No autograd here.
     """
-    children, dim, width = votes.shape
+    children, _, width = votes.shape
     batch = width // parents
     state = _RoutingState(parents)
     s = first_sum / parents  # c_1 = 1 / parents
@@ -159,13 +150,7 @@ def _route_forward(
         logits = votes.new_zeros(children, parents, batch)
     for _ in range(1, iters):
         coupling = torch.empty_like(logits)
-        s = votes.new_zeros(dim, width)
-        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
-            block = votes[part]
-            block_logits = logits[part]
-            block_logits += (block * v).sum(1).view_as(block_logits)  # u_hat . v_j
-            torch.softmax(block_logits, dim=1, out=coupling[part])  # over the parents
-            s += (block * coupling[part].view(-1, 1, width)).sum(0)
+        s = forward_sweep(votes, v, logits, coupling, parents)
         v = squash(s, dim=0)
         state.s.append(s)
         state.v.append(v)
@@ -184,7 +169,7 @@ def _route_backward(
     f is a (children, parents, batch) tensor or a scalar (the uniform first coupling);
     g is (dim, parents * batch).
     """
-    children, dim, width = votes.shape
+    children, _, width = votes.shape
     iters = len(state.v)
     factors: list[tuple[torch.Tensor | float, torch.Tensor]] = []
     grad_s = _squash_backward(state.s[-1], grad_v)
@@ -198,32 +183,11 @@ def _route_backward(
     for t in range(iters - 1, 0, -1):  # 0-based: iteration t used c_t, which came from a_{t-1}
         coupling = state.c[t]
         factors.append((coupling, grad_s))
-        grad_v_prev = votes.new_zeros(dim, width)
-        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
-            block = votes[part]
-            block_c = coupling[part]
-            grad_c = (block * grad_s).sum(1).view_as(block_c)
-            block_grad_logits = grad_logits[part]
-            # softmax backward over the parents
-            block_grad_logits += block_c * (grad_c - (block_c * grad_c).sum(1, keepdim=True))
-            grad_v_prev += (block * block_grad_logits.view(-1, 1, width)).sum(0)
+        grad_v_prev = backward_sweep(votes, coupling, grad_s, grad_logits, parents)
         factors.append((grad_logits.clone(), state.v[t - 1]))
         grad_s = _squash_backward(state.s[t - 1], grad_v_prev)
     factors.append((state.uniform, grad_s))
     return factors
-
-
-def _votes_grad_block(factors, part: slice) -> torch.Tensor:
-    """Rows `part` of d u_hat, (n, dim, parents * batch), from its rank-one factors."""
-    out = None
-    for f, g in factors:
-        if isinstance(f, float):
-            term = (g * f).expand(part.stop - part.start, -1, -1)
-            out = term.clone() if out is None else out.add_(term)
-        else:
-            fb = f[part].view(part.stop - part.start, 1, -1)
-            out = fb * g if out is None else out.addcmul_(fb, g)
-    return out
 
 
 class _RouteVotes(torch.autograd.Function):
@@ -240,11 +204,11 @@ class _RouteVotes(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v):
         (votes,) = ctx.saved_tensors
-        factors = _route_backward(votes, ctx.state, grad_v, ctx.detach_inner)
+        votes_grad = VotesGrad(_route_backward(votes, ctx.state, grad_v, ctx.detach_inner))
         grad = torch.empty_like(votes)
         children, dim, width = votes.shape
-        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
-            grad[part] = _votes_grad_block(factors, part)
+        for part in blocks(children, dim * width * votes.element_size(), votes.device):
+            votes_grad.rows(part, grad[part])
         return grad, None, None, None, None
 
 
@@ -259,7 +223,7 @@ class _VotesAndRoute(torch.autograd.Function):
         dim = rows // parents
         votes = workspace.get("votes", (children, rows, batch), u_t)
         first_sum = u_t.new_zeros(rows, batch)
-        for part in _blocks(children, rows * batch * u_t.element_size(), u_t.device):
+        for part in blocks(children, rows * batch * u_t.element_size(), u_t.device):
             torch.bmm(weight_t[part], u_t[part], out=votes[part])
             first_sum += votes[part].sum(0)
         votes = votes.view(children, dim, parents * batch)
@@ -272,13 +236,17 @@ class _VotesAndRoute(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_v):
         u_t, weight_t, votes = ctx.saved_tensors
-        factors = _route_backward(votes, ctx.state, grad_v, ctx.detach_inner)
+        votes_grad = VotesGrad(_route_backward(votes, ctx.state, grad_v, ctx.detach_inner))
         children, dim, width = votes.shape
         batch = u_t.shape[2]
         grad_u = torch.empty_like(u_t) if ctx.needs_input_grad[0] else None
         grad_w = torch.empty_like(weight_t) if ctx.needs_input_grad[1] else None
-        for part in _blocks(children, dim * width * votes.element_size(), votes.device):
-            block = _votes_grad_block(factors, part).view(-1, weight_t.shape[1], batch)
+        buffer = None
+        for part in blocks(children, dim * width * votes.element_size(), votes.device):
+            rows = part.stop - part.start
+            if buffer is None or buffer.shape[0] < rows:
+                buffer = votes.new_empty(rows, dim, width)
+            block = votes_grad.rows(part, buffer[:rows]).view(-1, weight_t.shape[1], batch)
             if grad_u is not None:
                 torch.bmm(weight_t[part].transpose(1, 2), block, out=grad_u[part])
             if grad_w is not None:

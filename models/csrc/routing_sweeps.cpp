@@ -1,0 +1,177 @@
+// The two sweeps of dynamic routing over the vote tensor, for float32 on the CPU
+// (models/routing_sweeps.py builds this file and falls back to PyTorch ops without it).
+//
+// votes: (children, dim, width) with width = parents * batch, column w = j * batch + b.
+// Each sweep reads a child's (dim x width) slab once from memory and does all of its work on
+// it while it sits in the core's cache; the PyTorch version needs four passes with temporaries.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+namespace {
+
+void check(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), name,
+              " must be a contiguous float32 CPU tensor");
+}
+
+// Adds a chunk's partial sum (dim x width) into the shared total.
+void add_into(float* total, const std::vector<float>& part, std::mutex& lock) {
+  std::lock_guard<std::mutex> guard(lock);
+  for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
+}
+
+}  // namespace
+
+// logits += <u_hat_i, v> over dim; coupling = softmax over the parents; returns s = sum_i c_i u_hat_i.
+at::Tensor forward_sweep(const at::Tensor& votes, const at::Tensor& v, at::Tensor& logits,
+                         at::Tensor& coupling, int64_t parents) {
+  check(votes, "votes");
+  check(v, "v");
+  check(logits, "logits");
+  check(coupling, "coupling");
+  const int64_t children = votes.size(0), dim = votes.size(1), width = votes.size(2);
+  const int64_t batch = width / parents;
+  TORCH_CHECK(batch * parents == width && v.numel() == dim * width && logits.numel() == children * width &&
+                  coupling.numel() == children * width,
+              "forward_sweep: inconsistent shapes");
+  const float* u = votes.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* lp = logits.data_ptr<float>();
+  float* cp = coupling.data_ptr<float>();
+  at::Tensor s = at::zeros({dim, width}, votes.options());
+  float* sp = s.data_ptr<float>();
+  std::mutex lock;
+  at::parallel_for(0, children, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> partial(dim * width, 0.f), agreement(width), peak(batch), total(batch);
+    for (int64_t i = begin; i < end; ++i) {
+      const float* slab = u + i * dim * width;
+      float* li = lp + i * width;
+      float* ci = cp + i * width;
+      std::fill(agreement.begin(), agreement.end(), 0.f);
+      for (int64_t d = 0; d < dim; ++d) {
+        const float* row = slab + d * width;
+        const float* vd = vp + d * width;
+        for (int64_t w = 0; w < width; ++w) agreement[w] += row[w] * vd[w];
+      }
+      for (int64_t w = 0; w < width; ++w) li[w] += agreement[w];
+      std::copy(li, li + batch, peak.begin());
+      for (int64_t j = 1; j < parents; ++j)
+        for (int64_t b = 0; b < batch; ++b) peak[b] = std::max(peak[b], li[j * batch + b]);
+      std::fill(total.begin(), total.end(), 0.f);
+      for (int64_t j = 0; j < parents; ++j)
+        for (int64_t b = 0; b < batch; ++b) {
+          const float e = std::exp(li[j * batch + b] - peak[b]);
+          ci[j * batch + b] = e;
+          total[b] += e;
+        }
+      for (int64_t b = 0; b < batch; ++b) total[b] = 1.f / total[b];
+      for (int64_t j = 0; j < parents; ++j)
+        for (int64_t b = 0; b < batch; ++b) ci[j * batch + b] *= total[b];
+      for (int64_t d = 0; d < dim; ++d) {
+        const float* row = slab + d * width;
+        float* pd = partial.data() + d * width;
+        for (int64_t w = 0; w < width; ++w) pd[w] += row[w] * ci[w];
+      }
+    }
+    add_into(sp, partial, lock);
+  });
+  return s;
+}
+
+// The adjoint of one forward sweep: grad_c = <u_hat_i, grad_s>; grad_logits += the softmax
+// backward of grad_c; returns grad_v_prev = sum_i grad_logits_i u_hat_i.
+at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coupling, const at::Tensor& grad_s,
+                          at::Tensor& grad_logits, int64_t parents) {
+  check(votes, "votes");
+  check(coupling, "coupling");
+  check(grad_s, "grad_s");
+  check(grad_logits, "grad_logits");
+  const int64_t children = votes.size(0), dim = votes.size(1), width = votes.size(2);
+  const int64_t batch = width / parents;
+  TORCH_CHECK(batch * parents == width && grad_s.numel() == dim * width && coupling.numel() == children * width &&
+                  grad_logits.numel() == children * width,
+              "backward_sweep: inconsistent shapes");
+  const float* u = votes.data_ptr<float>();
+  const float* cp = coupling.data_ptr<float>();
+  const float* gp = grad_s.data_ptr<float>();
+  float* glp = grad_logits.data_ptr<float>();
+  at::Tensor grad_v = at::zeros({dim, width}, votes.options());
+  float* gv = grad_v.data_ptr<float>();
+  std::mutex lock;
+  at::parallel_for(0, children, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> partial(dim * width, 0.f), grad_c(width), weighted(batch);
+    for (int64_t i = begin; i < end; ++i) {
+      const float* slab = u + i * dim * width;
+      const float* ci = cp + i * width;
+      float* gli = glp + i * width;
+      std::fill(grad_c.begin(), grad_c.end(), 0.f);
+      for (int64_t d = 0; d < dim; ++d) {
+        const float* row = slab + d * width;
+        const float* gd = gp + d * width;
+        for (int64_t w = 0; w < width; ++w) grad_c[w] += row[w] * gd[w];
+      }
+      std::fill(weighted.begin(), weighted.end(), 0.f);
+      for (int64_t j = 0; j < parents; ++j)
+        for (int64_t b = 0; b < batch; ++b) weighted[b] += ci[j * batch + b] * grad_c[j * batch + b];
+      for (int64_t j = 0; j < parents; ++j)
+        for (int64_t b = 0; b < batch; ++b) {
+          const int64_t w = j * batch + b;
+          gli[w] += ci[w] * (grad_c[w] - weighted[b]);
+        }
+      for (int64_t d = 0; d < dim; ++d) {
+        const float* row = slab + d * width;
+        float* pd = partial.data() + d * width;
+        for (int64_t w = 0; w < width; ++w) pd[w] += row[w] * gli[w];
+      }
+    }
+    add_into(gv, partial, lock);
+  });
+  return grad_v;
+}
+
+// Rows [start, start + n) of the gradient of u_hat from its rank-one factors (written to out,
+// (n, dim, width)): out[i, d, w] = shared[d, w] + sum over k of f[k][start + i, w] * g[k][d, w].
+// `shared` carries the factors whose f is the same for every child (the uniform first coupling).
+void votes_grad_rows(const std::vector<at::Tensor>& f, const std::vector<at::Tensor>& g, const at::Tensor& shared,
+                     int64_t start, at::Tensor& out) {
+  check(shared, "shared");
+  check(out, "out");
+  TORCH_CHECK(f.size() == g.size(), "votes_grad_rows: as many f as g");
+  const int64_t rows = out.size(0), dim = out.size(1), width = out.size(2);
+  TORCH_CHECK(shared.numel() == dim * width, "votes_grad_rows: inconsistent shapes");
+  std::vector<const float*> fp, gp;
+  for (size_t k = 0; k < f.size(); ++k) {
+    check(f[k], "f");
+    check(g[k], "g");
+    TORCH_CHECK(f[k].numel() >= (start + rows) * width && g[k].numel() == dim * width,
+                "votes_grad_rows: inconsistent shapes");
+    fp.push_back(f[k].data_ptr<float>() + start * width);
+    gp.push_back(g[k].data_ptr<float>());
+  }
+  const float* sp = shared.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      for (int64_t d = 0; d < dim; ++d) {
+        float* o = op + (i * dim + d) * width;
+        std::copy(sp + d * width, sp + (d + 1) * width, o);
+        for (size_t k = 0; k < fp.size(); ++k) {
+          const float* fi = fp[k] + i * width;
+          const float* gd = gp[k] + d * width;
+          for (int64_t w = 0; w < width; ++w) o[w] += fi[w] * gd[w];
+        }
+      }
+  });
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_sweep", &forward_sweep, "one forward routing iteration over the votes");
+  m.def("backward_sweep", &backward_sweep, "the backward of one routing iteration");
+  m.def("votes_grad_rows", &votes_grad_rows, "rows of the gradient of u_hat from its rank-one factors");
+}

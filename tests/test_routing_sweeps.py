@@ -1,0 +1,143 @@
+"""The C++ routing sweeps (models/csrc/routing_sweeps.cpp) against the PyTorch ops they replace.
+
+The kernel is a real component of the CPU training step: where it cannot be built these tests
+skip locally but fail in CI (CI set), so a machine that silently lost it is noticed.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import routing_sweeps
+from models.capsnet import CapsNetConfig, DigitCaps
+from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torch_sweeps
+
+CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 7  # odd sizes: no accidental alignment
+WIDTH = PARENTS * BATCH
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    built = routing_sweeps.kernel()
+    if built is None:
+        message = f"the C++ routing kernel could not be built: {routing_sweeps.kernel_error()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return built
+
+
+def _random(*shape, generator):
+    return torch.randn(*shape, generator=generator)
+
+
+def test_forward_sweep_matches_torch_ops(kernel):
+    gen = torch.Generator().manual_seed(0)
+    votes, v = _random(CHILDREN, DIM, WIDTH, generator=gen), _random(DIM, WIDTH, generator=gen)
+    logits = _random(CHILDREN, PARENTS, BATCH, generator=gen)
+    results = []
+    for use_torch in (False, True):
+        these_logits, coupling = logits.clone(), torch.empty_like(logits)
+        if use_torch:
+            with torch_sweeps():
+                s = forward_sweep(votes, v, these_logits, coupling, PARENTS)
+        else:
+            s = forward_sweep(votes, v, these_logits, coupling, PARENTS)
+        results.append((s, these_logits, coupling))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    # the couplings are a softmax over the parents
+    torch.testing.assert_close(results[0][2].sum(1), torch.ones(CHILDREN, BATCH))
+
+
+def test_backward_sweep_matches_torch_ops(kernel):
+    gen = torch.Generator().manual_seed(1)
+    votes, grad_s = _random(CHILDREN, DIM, WIDTH, generator=gen), _random(DIM, WIDTH, generator=gen)
+    coupling = torch.softmax(_random(CHILDREN, PARENTS, BATCH, generator=gen), dim=1)
+    grad_logits = _random(CHILDREN, PARENTS, BATCH, generator=gen)
+    results = []
+    for use_torch in (False, True):
+        these = grad_logits.clone()
+        if use_torch:
+            with torch_sweeps():
+                grad_v = backward_sweep(votes, coupling, grad_s, these, PARENTS)
+        else:
+            grad_v = backward_sweep(votes, coupling, grad_s, these, PARENTS)
+        results.append((grad_v, these))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_votes_grad_rows_match_the_dense_sum_of_factors(kernel):
+    gen = torch.Generator().manual_seed(2)
+    factors = [(_random(CHILDREN, PARENTS, BATCH, generator=gen), _random(DIM, WIDTH, generator=gen)) for _ in range(3)]
+    factors.append((0.25, _random(DIM, WIDTH, generator=gen)))
+    dense = sum(
+        (f * g if isinstance(f, float) else f.view(CHILDREN, 1, WIDTH) * g) for f, g in factors
+    ).expand(CHILDREN, DIM, WIDTH)
+    votes_grad = VotesGrad(factors)
+    part = slice(5, 30)
+    for use_torch in (False, True):
+        out = torch.full((part.stop - part.start, DIM, WIDTH), float("nan"))
+        if use_torch:
+            with torch_sweeps():
+                votes_grad.rows(part, out)
+        else:
+            votes_grad.rows(part, out)
+        torch.testing.assert_close(out, dense[part], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3])
+def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, iters):
+    torch.manual_seed(0)
+    layer = DigitCaps(CapsNetConfig(routing_iters=iters))
+    u = torch.randn(6, layer.weight.shape[0], layer.weight.shape[2]).mul_(0.5)
+    grad_v = torch.randn(6, layer.weight.shape[1], layer.weight.shape[3])
+    results = []
+    for use_torch in (False, True):
+        layer.zero_grad()
+        inputs = u.clone().requires_grad_(True)
+        couplings = []
+        if use_torch:
+            with torch_sweeps():
+                v = layer(inputs, couplings)
+                (v * grad_v).sum().backward()
+        else:
+            v = layer(inputs, couplings)
+            (v * grad_v).sum().backward()
+        results.append([v.detach(), inputs.grad, layer.weight.grad.clone(), *couplings])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_only_float32_on_the_cpu_uses_the_kernel(kernel):
+    assert routing_sweeps.version("cpu") == "cpp"
+    with torch_sweeps():
+        assert routing_sweeps.version("cpu") == "torch"
+    votes = torch.randn(4, 3, 2 * 5, dtype=torch.float64)
+    assert not routing_sweeps._use_kernel(votes)  # float64 runs the PyTorch ops
+
+
+def test_a_failed_build_warns_once_and_routing_still_runs(monkeypatch):
+    def no_compiler():
+        raise RuntimeError("Error building extension\ng++: error: no such compiler\nninja: build stopped")
+
+    monkeypatch.setattr(routing_sweeps, "_build", no_compiler)
+    monkeypatch.setattr(routing_sweeps, "_kernel", None)
+    monkeypatch.setattr(routing_sweeps, "_kernel_tried", False)
+    monkeypatch.setattr(routing_sweeps, "_kernel_error", None)
+    with pytest.warns(UserWarning, match="routing runs on PyTorch ops.*no such compiler"):
+        assert routing_sweeps.kernel() is None
+    assert routing_sweeps.version("cpu") == "torch"
+    assert "g++: error: no such compiler" in routing_sweeps.kernel_error()
+    layer = DigitCaps(CapsNetConfig())
+    assert layer(torch.randn(2, layer.weight.shape[0], layer.weight.shape[2])).shape == (2, 10, 16)
+
+
+def test_the_environment_switch_turns_the_kernel_off():
+    code = "from models import routing_sweeps; print(routing_sweeps.version('cpu'), routing_sweeps.kernel_error())"
+    env = dict(os.environ, CAPSBENCH_ROUTING_KERNEL="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["torch", "CAPSBENCH_ROUTING_KERNEL=0"]
