@@ -28,6 +28,7 @@ from bench.timing import (
     Timing,
     count_flops,
     interleaved_runs,
+    paired_ratio,
     peak_memory_mb,
     reset_peak_memory,
     set_threads,
@@ -56,6 +57,7 @@ REFERENCE_B = "reference_b_stem"
 COMPARE_CONV2D = "capsnet_conv2d"
 REFERENCE_B_CONV2D = "reference_b_stem_conv2d"
 CONV2D_STEM = {COMPARE_CONV2D: REFERENCE_B_CONV2D, REFERENCE_B_CONV2D: REFERENCE_B_CONV2D}
+ROUTING_ROW_ORDER = [COMPARE_MODEL, REFERENCE_A, REFERENCE_B, COMPARE_CONV2D, REFERENCE_B_CONV2D]
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Profile:
 # quick fits in about 3 minutes on the 2-core CPU, where cnn_paper trains at only ~15 images/s.
 PROFILES = {
     "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, data_repeats=5),
-    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5, data_repeats=50),
+    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=7, data_repeats=50),
     "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64, compare_rounds=10, data_repeats=100),
     "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64, compare_rounds=20, data_repeats=200),
 }
@@ -257,10 +259,11 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) ->
     conv2d_config = dataclasses.replace(ours.config, primary_conv="direct")
     ours_conv2d = CapsNet(conv2d_config)
     ours_conv2d.load_state_dict(ours.state_dict())
+    # Timed in this order: each model next to the stem it is compared with.
     runners = {
         COMPARE_MODEL: _Runner(ours, batch, options, device, flop_counts),
-        REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device, flop_counts),
         REFERENCE_B: _Runner(ConvStem(ours.config), batch, options, device, flop_counts),
+        REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device, flop_counts),
         # The same two with nn.Conv2d for PrimaryCaps, separating the routing's gain from the
         # DFT convolution's. Training only: at inference `auto` takes nn.Conv2d anyway.
         COMPARE_CONV2D: _Runner(ours_conv2d, batch, options, device, flop_counts),
@@ -272,17 +275,15 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) ->
         fns = {name: runner.step(mode) for name, runner in runners.items()
                if mode == "train" or name not in (COMPARE_CONV2D, REFERENCE_B_CONV2D)}
         timings = interleaved_runs(fns, device, profile.warmup, profile.compare_rounds)
-        reference_a = timings[REFERENCE_A].median
         if mode == "train":
             our_step_s = timings[COMPARE_MODEL].median
-        for name in fns:
+        for name in sorted(fns, key=ROUTING_ROW_ORDER.index):
             runner = runners[name]
             row = _row("routing", name, batch, mode, timings[name], runner, None, env, options)
             row["routing_iters"] = ours.config.routing_iters
-            row["speedup_vs_reference_a"] = reference_a / timings[name].median
+            row["speedup_vs_reference_a"] = paired_ratio(timings[REFERENCE_A], timings[name])
             # against the stem that computes its convolutions the same way
-            stem = CONV2D_STEM.get(name, REFERENCE_B)
-            row["time_vs_stem"] = timings[name].median / timings[stem].median
+            row["time_vs_stem"] = paired_ratio(timings[name], timings[CONV2D_STEM.get(name, REFERENCE_B)])
             rows.append(row)
             _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
                  f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem", log)
@@ -452,7 +453,9 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
             "public versions do; reference (b) is Conv1 + the PrimaryCaps layer alone (the floor), computed "
             "as our model computes it. In training, `capsnet_conv2d` and `reference_b_stem_conv2d` are the "
             "same two with nn.Conv2d for PrimaryCaps (the routing's gain alone; their time_vs_stem is "
-            "against the nn.Conv2d stem). All are timed round-robin at one batch size with the same weights.",
+            "against the nn.Conv2d stem). All are timed round-robin at one batch size with the same weights, "
+            "each model next to its stem; speedup_vs_reference_a and time_vs_stem are medians over the rounds "
+            "of the ratio within a round, so load that comes and goes divides out.",
             "",
             _markdown(routing, ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "runs",
                                 "speedup_vs_reference_a", "time_vs_stem", "params", "flops_per_image",

@@ -59,6 +59,13 @@ class Timing:
         return 100.0 * (self.quantile(0.75) - self.quantile(0.25)) / self.median
 
 
+def paired_ratio(numerator: Timing, denominator: Timing) -> float:
+    """Median over rounds of numerator / denominator, for two Timings from the same
+    `interleaved_runs`: each pair ran seconds apart, so load on the machine that comes and goes
+    divides out of each ratio (a ratio of medians can pair a quiet run with a loaded one)."""
+    return statistics.median(a / b for a, b in zip(numerator.times, denominator.times, strict=True))
+
+
 def time_runs(
     fn: Callable[[], object],
     device: torch.device,
