@@ -13,9 +13,9 @@ PYTEST_ARGS ?=
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-installs only when pyproject.toml changes. Then builds the CPU routing kernel (about 40 s,
-# cached by torch; rebuilt on first use if its source changes); without a compiler it says so
-# and routing runs on PyTorch ops.
+# Re-installs only when pyproject.toml changes. Then builds the C++ CPU kernels (about 40 s,
+# cached by torch; rebuilt on first use if their sources change); without a compiler it says so
+# and routing and the DFT convolution run on PyTorch ops.
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

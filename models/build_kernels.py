@@ -1,10 +1,10 @@
-"""`python -m models.build_kernels`: build the CPU routing kernel now (`make setup` does) and
-say which routing sweeps this machine runs. Never fails: without a compiler routing falls back
-to PyTorch ops, as the message says."""
-from models import routing_sweeps
+"""`python -m models.build_kernels`: build the C++ CPU kernels now (`make setup` does) and say
+whether this machine runs them. Never fails: without a compiler routing and the DFT convolution
+fall back to PyTorch ops, as the message says."""
+from models import cpu_kernels
 
 if __name__ == "__main__":
-    if routing_sweeps.version("cpu") == "cpp":
-        print(f"routing sweeps: C++ kernel ready ({' '.join(routing_sweeps.compile_flags())})")
+    if cpu_kernels.module() is not None:
+        print(f"C++ CPU kernels ready ({' '.join(cpu_kernels.compile_flags())})")
     else:
-        print(f"routing sweeps: PyTorch ops ({routing_sweeps.kernel_error()})")
+        print(f"C++ CPU kernels unavailable, PyTorch ops instead ({cpu_kernels.error()})")

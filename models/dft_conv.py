@@ -25,10 +25,12 @@ exact adjoint, written out (two more batched matmuls and the transposed transfor
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 
+from models import cpu_kernels
 from models.compile_barrier import eager_under_compile
 from models.workspace import Workspace
 
@@ -112,18 +114,23 @@ def _transforms_for(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return _transforms[key]
 
 
-def _phases(h: torch.Tensor) -> torch.Tensor:
-    """(B, C, 2N, 2N) -> (B * 4C, N * N); input row c * 4 + p * 2 + q is phase (p, q) of channel c."""
-    batch, channels, side, _ = h.shape
-    n = side // 2
-    return h.reshape(batch, channels, n, 2, n, 2).permute(0, 1, 3, 5, 2, 4).reshape(batch * channels * 4, n * n)
+def _split_phases(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(R, S, S) -> (R * 4, n * n), S <= 2n: row r * 4 + p * 2 + q is phase (p, q) of image r,
+    x[r, 2i + p, 2j + q] at i * n + j, zero beyond the side."""
+    if cpu_kernels.usable(x):
+        return cpu_kernels.module().split_phases(x.contiguous(), n)
+    rows, side = x.shape[0], x.shape[1]
+    padded = F.pad(x, (0, 2 * n - side, 0, 2 * n - side)).reshape(rows, n, 2, n, 2)
+    return padded.permute(0, 2, 4, 1, 3).reshape(rows * 4, n * n)
 
 
-def _kernel_phases(w: torch.Tensor) -> torch.Tensor:
-    """(O, C, 9, 9) -> (O * 4C, 25), padded to 10x10 and split like `_phases`."""
-    out_channels, channels = w.shape[:2]
-    padded = F.pad(w, (0, 1, 0, 1)).reshape(out_channels, channels, PHASE_KERNEL, 2, PHASE_KERNEL, 2)
-    return padded.permute(0, 1, 3, 5, 2, 4).reshape(out_channels * channels * 4, PHASE_KERNEL**2)
+def _merge_phases(g: torch.Tensor, side: int) -> torch.Tensor:
+    """The inverse layout: (R * 4, n * n) -> (R, side, side), dropping positions beyond the side."""
+    if cpu_kernels.usable(g):
+        return cpu_kernels.module().merge_phases(g.contiguous(), side)
+    rows, n = g.shape[0] // 4, math.isqrt(g.shape[1])
+    images = g.view(rows, 2, 2, n, n).permute(0, 3, 1, 4, 2).reshape(rows, 2 * n, 2 * n)
+    return images[:, :side, :side].contiguous()
 
 
 class _Stride2ConvDFT(torch.autograd.Function):
@@ -135,9 +142,11 @@ class _Stride2ConvDFT(torch.autograd.Function):
         image_to_spectrum, kernel_to_spectrum, spectrum_to_output = _transforms_for(n, h)
         bins = image_to_spectrum.shape[1] // 2
         # rows of bin k: [Re H_k; Im H_k] (2B x K) and [Re W_k; Im W_k] (2O x K)
-        h_spectra = torch.mm(image_to_spectrum.t(), _phases(h).t()).view(bins, 2 * batch, inputs)
+        h_phases = _split_phases(h.view(batch * channels, side, side), n)
+        h_spectra = torch.mm(image_to_spectrum.t(), h_phases.t()).view(bins, 2 * batch, inputs)
         w_spectra = workspace.get("weight_spectra", (bins, 2 * out_channels, inputs), h)
-        torch.mm(kernel_to_spectrum.t(), _kernel_phases(w).t(), out=w_spectra.view(2 * bins, -1))
+        w_phases = _split_phases(w.view(out_channels * channels, KERNEL, KERNEL), PHASE_KERNEL)
+        torch.mm(kernel_to_spectrum.t(), w_phases.t(), out=w_spectra.view(2 * bins, -1))
         products = torch.bmm(h_spectra, w_spectra.transpose(1, 2)).view(bins, 2, batch, 2, out_channels)
         y_spectra = h.new_empty(bins, 2, batch, out_channels)
         torch.add(products[:, 0, :, 0], products[:, 1, :, 1], out=y_spectra[:, 0])
@@ -169,17 +178,13 @@ class _Stride2ConvDFT(torch.autograd.Function):
         grad_h = grad_w = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_h_spectra = torch.bmm(grad_products, w_spectra).view(2 * bins, batch * inputs)
-            grad_h = torch.mm(grad_h_spectra.t(), image_to_spectrum.t())
-            grad_h = grad_h.view(batch, channels, 2, 2, n, n).permute(0, 1, 4, 2, 5, 3).reshape(
-                batch, channels, 2 * n, 2 * n
-            )
+            grad_h_phases = torch.mm(grad_h_spectra.t(), image_to_spectrum.t())
+            grad_h = _merge_phases(grad_h_phases, 2 * n).view(batch, channels, 2 * n, 2 * n)
         if ctx.needs_input_grad[1]:
             grad_w_spectra = ctx.workspace.get("weight_spectra_grad", w_spectra.shape, grad_y)
             torch.bmm(grad_products.transpose(1, 2), h_spectra, out=grad_w_spectra)
-            grad_w = torch.mm(grad_w_spectra.view(2 * bins, -1).t(), kernel_to_spectrum.t())
-            grad_w = grad_w.view(out_channels, channels, 2, 2, PHASE_KERNEL, PHASE_KERNEL)
-            grad_w = grad_w.permute(0, 1, 4, 2, 5, 3).reshape(out_channels, channels, 2 * PHASE_KERNEL, -1)
-            grad_w = grad_w[:, :, :KERNEL, :KERNEL].contiguous()
+            grad_w_phases = torch.mm(grad_w_spectra.view(2 * bins, -1).t(), kernel_to_spectrum.t())
+            grad_w = _merge_phases(grad_w_phases, KERNEL).view(out_channels, channels, KERNEL, KERNEL)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_y.sum((0, 2, 3))
         return grad_h, grad_w, grad_bias, None

@@ -1,31 +1,23 @@
-"""The two sweeps of a dynamic-routing iteration over the vote tensor, and where they run.
+"""The sweeps of dynamic routing over the vote tensor, and where they run.
 
 A routing iteration reads the votes u_hat (children, dim, parents * batch) once forward
 (`forward_sweep`: agreement, logit update, softmax over the parents, weighted sum) and once
-backward (`backward_sweep`: its adjoint). In PyTorch ops each sweep is four passes with block
-temporaries (`_torch_*`, blocked for the last-level cache); on the CPU a small C++ kernel
-(models/csrc/routing_sweeps.cpp) does the same arithmetic in one pass per child, which measured
-4.7 vs 6.8 ms forward and 4.0 vs 8.2 ms backward per iteration at batch 64 on this project's
-2-core CPU. The kernel is built on first use with torch.utils.cpp_extension (g++, about 40 s;
-`make setup` builds it) and cached; where it cannot be built, or with
-CAPSBENCH_ROUTING_KERNEL=0, the PyTorch version runs, with one warning saying why. Off the CPU,
-and for other dtypes, the PyTorch version always runs; both compute the same function (tested).
-
-`python -m models.build_kernels` builds the kernel and prints which version runs.
+backward (`backward_sweep`: its adjoint); the backward then writes the vote gradient block by
+block from its rank-one factors (`VotesGrad.rows`). In PyTorch ops each sweep is four passes
+with block temporaries (`_torch_*`, blocked for the last-level cache); on the CPU a small C++
+kernel (models/csrc/routing_sweeps.h, built by `models.cpu_kernels`) does the same arithmetic
+in one pass per child, which measured 4.7 vs 6.8 ms forward and 4.0 vs 8.2 ms backward per
+iteration at batch 64 on this project's 2-core CPU. Off the CPU, for other dtypes, where the
+kernels cannot be built and inside `torch_sweeps()`, the PyTorch version runs; both compute the
+same function (tested).
 """
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import sys
-import warnings
-from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).parent / "csrc" / "routing_sweeps.cpp"
-ENV_SWITCH = "CAPSBENCH_ROUTING_KERNEL"
+from models import cpu_kernels
 
 # Bigger blocks mean fewer (OpenMP-parallel) ops per step, which matters when other processes
 # share the cores; 2 MB and 8 MB blocks measured the same on the 2-core CPU, one 47 MB block slower.
@@ -75,69 +67,7 @@ def _torch_votes_grad_rows(fs, gs, shared, part, out):
     return out
 
 
-_kernel = None
-_kernel_error: str | None = None
-_kernel_tried = False
 _disabled_here = False
-
-
-def compile_flags() -> list[str]:
-    # Vector width as PyTorch itself dispatches on this CPU; the build name carries it, so a
-    # cache shared by different machines never hands one a kernel it cannot run.
-    flags = ["-O3", "-fopenmp"]
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
-        flags += ["-mavx2", "-mfma"]
-    return flags
-
-
-def _build():
-    # Its import logs "No CUDA runtime is found" on CPU-only machines: irrelevant to this build.
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils import cpp_extension
-    finally:
-        logger.setLevel(level)
-
-    # pip installs ninja next to the interpreter; cpp_extension looks for it on PATH.
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    flags = compile_flags()
-    name = "capsbench_routing_sweeps" + ("_avx2" if "-mavx2" in flags else "")
-    return cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"])
-
-
-def _one_line(error: Exception) -> str:
-    """The compiler's first error line if there is one (the exception's last line is ninja's)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    first_error = next((line for line in lines if "error:" in line), None)
-    return f"{type(error).__name__}: {first_error or (lines[-1] if lines else '')}"
-
-
-def kernel():
-    """The compiled sweeps, or None (then `kernel_error()` says why)."""
-    global _kernel, _kernel_error, _kernel_tried
-    if not _kernel_tried:
-        _kernel_tried = True
-        if os.environ.get(ENV_SWITCH, "1") == "0":
-            _kernel_error = f"{ENV_SWITCH}=0"
-        else:
-            try:
-                _kernel = _build()
-            except Exception as error:  # any build failure: no compiler, no headers, no ninja
-                _kernel_error = _one_line(error)
-                warnings.warn(
-                    f"capsbench: routing runs on PyTorch ops (slower on the CPU): the C++ routing kernel "
-                    f"could not be built ({_kernel_error})",
-                    stacklevel=2,
-                )
-    return _kernel
-
-
-def kernel_error() -> str | None:
-    return _kernel_error
 
 
 @contextlib.contextmanager
@@ -152,13 +82,7 @@ def torch_sweeps():
 
 
 def _use_kernel(votes: torch.Tensor) -> bool:
-    return (
-        not _disabled_here
-        and votes.device.type == "cpu"
-        and votes.dtype == torch.float32
-        and not torch.compiler.is_compiling()
-        and kernel() is not None
-    )
+    return not _disabled_here and cpu_kernels.usable(votes)
 
 
 def version(device: torch.device | str = "cpu") -> str:
@@ -170,7 +94,7 @@ def forward_sweep(votes, v, logits, coupling, parents: int) -> torch.Tensor:
     """votes (children, dim, width = parents * batch), v (dim, width); updates logits and
     coupling (children, parents, batch) in place and returns s = sum over children of c u_hat."""
     if _use_kernel(votes):
-        return _kernel.forward_sweep(votes.contiguous(), v.contiguous(), logits, coupling, parents)
+        return cpu_kernels.module().forward_sweep(votes.contiguous(), v.contiguous(), logits, coupling, parents)
     return _torch_forward_sweep(votes, v, logits, coupling, parents)
 
 
@@ -178,7 +102,7 @@ def backward_sweep(votes, coupling, grad_s, grad_logits, parents: int) -> torch.
     """Adds the gradient through this iteration's softmax to grad_logits (in place) and returns
     the gradient of the previous iteration's v, (dim, width)."""
     if _use_kernel(votes):
-        return _kernel.backward_sweep(votes.contiguous(), coupling, grad_s.contiguous(), grad_logits, parents)
+        return cpu_kernels.module().backward_sweep(votes.contiguous(), coupling, grad_s.contiguous(), grad_logits, parents)
     return _torch_backward_sweep(votes, coupling, grad_s, grad_logits, parents)
 
 
@@ -202,6 +126,6 @@ class VotesGrad:
     def rows(self, part: slice, out: torch.Tensor) -> torch.Tensor:
         """Rows `part` into out, (part length, dim, width)."""
         if _use_kernel(out) and out.is_contiguous():
-            _kernel.votes_grad_rows(self.f, self.g, self.shared, part.start, out)
+            cpu_kernels.module().votes_grad_rows(self.f, self.g, self.shared, part.start, out)
             return out
         return _torch_votes_grad_rows(self.f, self.g, self.shared, part, out)

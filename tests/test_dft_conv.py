@@ -139,3 +139,21 @@ def test_direct_convolutions_switches_every_primarycaps_layer_to_conv2d():
     with direct_convolutions():
         assert not model.primary.uses_dft(h)
     assert model.primary.uses_dft(h)
+
+
+@pytest.mark.parametrize("side, n", [(9, 5), (20, 10), (8, 5)])
+def test_phase_layouts_of_the_kernels_match_their_pytorch_version(side, n, monkeypatch):
+    """The C++ split/merge (float32 CPU) against the PyTorch fallback, and merge inverts split."""
+    from models import cpu_kernels, dft_conv
+
+    if cpu_kernels.module() is None:
+        pytest.skip(f"C++ CPU kernels unavailable: {cpu_kernels.error()}")  # test_routing_sweeps fails in CI
+    x = torch.randn(6, side, side, generator=torch.Generator().manual_seed(side))
+    phases = dft_conv._split_phases(x, n)
+    assert torch.equal(dft_conv._merge_phases(phases, side), x)
+    g = torch.randn(24, n * n, generator=torch.Generator().manual_seed(n))
+    merged = dft_conv._merge_phases(g, side)
+    monkeypatch.setattr(cpu_kernels, "usable", lambda *tensors: False)
+    assert torch.equal(dft_conv._split_phases(x, n), phases)
+    assert torch.equal(dft_conv._merge_phases(g, side), merged)
+    assert phases[1::4].view(6, n, n)[:, 0, 0].eq(x[:, 0, 1]).all()  # row 1 is phase (0, 1)

@@ -1,8 +1,9 @@
-"""The C++ routing sweeps (models/csrc/routing_sweeps.cpp) against the PyTorch ops they replace.
+"""The C++ routing sweeps (models/csrc/routing_sweeps.h) against the PyTorch ops they replace.
 
 The kernel is a real component of the CPU training step: where it cannot be built these tests
 skip locally but fail in CI (CI set), so a machine that silently lost it is noticed.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from models import routing_sweeps
-from models.capsnet import CapsNetConfig, DigitCaps
+from models import cpu_kernels, routing_sweeps
+from models.capsnet import CapsNet, CapsNetConfig, DigitCaps
 from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torch_sweeps
 
 CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 7  # odd sizes: no accidental alignment
@@ -20,13 +21,17 @@ WIDTH = PARENTS * BATCH
 
 @pytest.fixture(scope="module")
 def kernel():
-    built = routing_sweeps.kernel()
+    built = cpu_kernels.module()
     if built is None:
-        message = f"the C++ routing kernel could not be built: {routing_sweeps.kernel_error()}"
+        message = f"the C++ CPU kernels could not be built: {cpu_kernels.error()}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     return built
+
+
+def _sweeps(use_torch: bool):
+    return torch_sweeps() if use_torch else contextlib.nullcontext()
 
 
 def _random(*shape, generator):
@@ -40,10 +45,7 @@ def test_forward_sweep_matches_torch_ops(kernel):
     results = []
     for use_torch in (False, True):
         these_logits, coupling = logits.clone(), torch.empty_like(logits)
-        if use_torch:
-            with torch_sweeps():
-                s = forward_sweep(votes, v, these_logits, coupling, PARENTS)
-        else:
+        with _sweeps(use_torch):
             s = forward_sweep(votes, v, these_logits, coupling, PARENTS)
         results.append((s, these_logits, coupling))
     for ours, theirs in zip(*results):
@@ -60,10 +62,7 @@ def test_backward_sweep_matches_torch_ops(kernel):
     results = []
     for use_torch in (False, True):
         these = grad_logits.clone()
-        if use_torch:
-            with torch_sweeps():
-                grad_v = backward_sweep(votes, coupling, grad_s, these, PARENTS)
-        else:
+        with _sweeps(use_torch):
             grad_v = backward_sweep(votes, coupling, grad_s, these, PARENTS)
         results.append((grad_v, these))
     for ours, theirs in zip(*results):
@@ -81,10 +80,7 @@ def test_votes_grad_rows_match_the_dense_sum_of_factors(kernel):
     part = slice(5, 30)
     for use_torch in (False, True):
         out = torch.full((part.stop - part.start, DIM, WIDTH), float("nan"))
-        if use_torch:
-            with torch_sweeps():
-                votes_grad.rows(part, out)
-        else:
+        with _sweeps(use_torch):
             votes_grad.rows(part, out)
         torch.testing.assert_close(out, dense[part], rtol=1e-5, atol=1e-5)
 
@@ -100,11 +96,7 @@ def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, i
         layer.zero_grad()
         inputs = u.clone().requires_grad_(True)
         couplings = []
-        if use_torch:
-            with torch_sweeps():
-                v = layer(inputs, couplings)
-                (v * grad_v).sum().backward()
-        else:
+        with _sweeps(use_torch):
             v = layer(inputs, couplings)
             (v * grad_v).sum().backward()
         results.append([v.detach(), inputs.grad, layer.weight.grad.clone(), *couplings])
@@ -124,20 +116,21 @@ def test_a_failed_build_warns_once_and_routing_still_runs(monkeypatch):
     def no_compiler():
         raise RuntimeError("Error building extension\ng++: error: no such compiler\nninja: build stopped")
 
-    monkeypatch.setattr(routing_sweeps, "_build", no_compiler)
-    monkeypatch.setattr(routing_sweeps, "_kernel", None)
-    monkeypatch.setattr(routing_sweeps, "_kernel_tried", False)
-    monkeypatch.setattr(routing_sweeps, "_kernel_error", None)
-    with pytest.warns(UserWarning, match="routing runs on PyTorch ops.*no such compiler"):
-        assert routing_sweeps.kernel() is None
+    monkeypatch.setattr(cpu_kernels, "_build", no_compiler)
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_tried", False)
+    monkeypatch.setattr(cpu_kernels, "_error", None)
+    with pytest.warns(UserWarning, match="no such compiler.*run on PyTorch ops"):
+        assert cpu_kernels.module() is None
     assert routing_sweeps.version("cpu") == "torch"
-    assert "g++: error: no such compiler" in routing_sweeps.kernel_error()
-    layer = DigitCaps(CapsNetConfig())
-    assert layer(torch.randn(2, layer.weight.shape[0], layer.weight.shape[2])).shape == (2, 10, 16)
+    assert cpu_kernels.error() == "RuntimeError: g++: error: no such compiler"
+    model = CapsNet(CapsNetConfig(primary_conv="dft"))  # routing and the DFT layouts on PyTorch ops
+    model(torch.rand(2, 1, 28, 28)).scores.sum().backward()
+    assert model.primary.conv.weight.grad is not None
 
 
 def test_the_environment_switch_turns_the_kernel_off():
-    code = "from models import routing_sweeps; print(routing_sweeps.version('cpu'), routing_sweeps.kernel_error())"
-    env = dict(os.environ, CAPSBENCH_ROUTING_KERNEL="0")
+    code = "from models import cpu_kernels, routing_sweeps; print(routing_sweeps.version('cpu'), cpu_kernels.error())"
+    env = dict(os.environ, CAPSBENCH_CPU_KERNELS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["torch", "CAPSBENCH_ROUTING_KERNEL=0"]
+    assert out.stdout.split() == ["torch", "CAPSBENCH_CPU_KERNELS=0"]

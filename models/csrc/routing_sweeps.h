@@ -1,9 +1,11 @@
-// The two sweeps of dynamic routing over the vote tensor, for float32 on the CPU
-// (models/routing_sweeps.py builds this file and falls back to PyTorch ops without it).
+// The sweeps of dynamic routing over the vote tensor, for float32 on the CPU
+// (models/routing_sweeps.py calls them and falls back to PyTorch ops without them).
 //
 // votes: (children, dim, width) with width = parents * batch, column w = j * batch + b.
 // Each sweep reads a child's (dim x width) slab once from memory and does all of its work on
 // it while it sits in the core's cache; the PyTorch version needs four passes with temporaries.
+#pragma once
+
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -13,23 +15,18 @@
 #include <mutex>
 #include <vector>
 
-namespace {
+#include "tensor_checks.h"
 
-void check(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), name,
-              " must be a contiguous float32 CPU tensor");
-}
+namespace capsbench {
 
 // Adds a chunk's partial sum (dim x width) into the shared total.
-void add_into(float* total, const std::vector<float>& part, std::mutex& lock) {
+inline void add_into(float* total, const std::vector<float>& part, std::mutex& lock) {
   std::lock_guard<std::mutex> guard(lock);
   for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
 }
 
-}  // namespace
-
 // logits += <u_hat_i, v> over dim; coupling = softmax over the parents; returns s = sum_i c_i u_hat_i.
-at::Tensor forward_sweep(const at::Tensor& votes, const at::Tensor& v, at::Tensor& logits,
+inline at::Tensor forward_sweep(const at::Tensor& votes, const at::Tensor& v, at::Tensor& logits,
                          at::Tensor& coupling, int64_t parents) {
   check(votes, "votes");
   check(v, "v");
@@ -86,7 +83,7 @@ at::Tensor forward_sweep(const at::Tensor& votes, const at::Tensor& v, at::Tenso
 
 // The adjoint of one forward sweep: grad_c = <u_hat_i, grad_s>; grad_logits += the softmax
 // backward of grad_c; returns grad_v_prev = sum_i grad_logits_i u_hat_i.
-at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coupling, const at::Tensor& grad_s,
+inline at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coupling, const at::Tensor& grad_s,
                           at::Tensor& grad_logits, int64_t parents) {
   check(votes, "votes");
   check(coupling, "coupling");
@@ -138,7 +135,7 @@ at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coupling, c
 // Rows [start, start + n) of the gradient of u_hat from its rank-one factors (written to out,
 // (n, dim, width)): out[i, d, w] = shared[d, w] + sum over k of f[k][start + i, w] * g[k][d, w].
 // `shared` carries the factors whose f is the same for every child (the uniform first coupling).
-void votes_grad_rows(const std::vector<at::Tensor>& f, const std::vector<at::Tensor>& g, const at::Tensor& shared,
+inline void votes_grad_rows(const std::vector<at::Tensor>& f, const std::vector<at::Tensor>& g, const at::Tensor& shared,
                      int64_t start, at::Tensor& out) {
   check(shared, "shared");
   check(out, "out");
@@ -170,8 +167,4 @@ void votes_grad_rows(const std::vector<at::Tensor>& f, const std::vector<at::Ten
   });
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_sweep", &forward_sweep, "one forward routing iteration over the votes");
-  m.def("backward_sweep", &backward_sweep, "the backward of one routing iteration");
-  m.def("votes_grad_rows", &votes_grad_rows, "rows of the gradient of u_hat from its rank-one factors");
-}
+}  // namespace capsbench

@@ -1,0 +1,11 @@
+// The project's CPU kernels, one extension module (models/cpu_kernels.py builds and loads it).
+#include "dft_layouts.h"
+#include "routing_sweeps.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_sweep", &capsbench::forward_sweep, "one forward routing iteration over the votes");
+  m.def("backward_sweep", &capsbench::backward_sweep, "the backward of one routing iteration");
+  m.def("votes_grad_rows", &capsbench::votes_grad_rows, "rows of the gradient of u_hat from its rank-one factors");
+  m.def("split_phases", &capsbench::split_phases, "the four stride-2 phases of square images");
+  m.def("merge_phases", &capsbench::merge_phases, "square images from their four stride-2 phases");
+}
