@@ -34,7 +34,7 @@ from bench.timing import (
     set_threads,
     time_runs,
 )
-from models import routing_sweeps
+from models import cpu_kernels
 from models.capsnet import CapsNet
 from models.dft_conv import direct_convolutions, worthwhile
 from studies.augment import parse_augmentation
@@ -85,7 +85,7 @@ COLUMNS = [
     "section", "model", "batch", "mode", "images_per_s", "step_ms", "step_ms_q25", "step_ms_q75",
     "spread_iqr_pct", "runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
     "memory_kind", "speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct", "routing_iters",
-    "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "routing_sweeps",
+    "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
     "profile",
 ]
 
@@ -196,8 +196,9 @@ def _environment(options: BenchOptions, device: torch.device, threads: int) -> d
         "compile": options.compile,
         "dtype": "bf16" if options.bf16 else "fp32",
         "channels_last": options.channels_last,
-        # "cpp": CapsNet's routing iterations ran in the C++ kernel, "torch": in PyTorch ops
-        "routing_sweeps": routing_sweeps.version(device),
+        # "cpp": CapsNet's routing sweeps and DFT layouts ran in models/csrc's kernels, "torch": in
+        # PyTorch ops
+        "cpu_kernels": cpu_kernels.version(device),
         "profile": options.profile,
     }
 
@@ -418,7 +419,7 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     csv_path = out / f"{stem}.csv"
     frame.to_csv(csv_path, index=False)
 
-    env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "routing_sweeps",
+    env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
                    "image_size", "profile"]
     measured = ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "step_ms_q25", "step_ms_q75",
                 "runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb", "memory_kind", "routing_iters"]

@@ -95,9 +95,9 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 #   - each routing iteration is one sweep over the children (`models.routing_sweeps`):
 #     agreement, logit update, softmax over parents and the weighted sum for the next iteration
 #     all use a child's votes while they are in cache, so u_hat is read from memory once per
-#     iteration (on the CPU by a small C++ kernel, elsewhere by PyTorch ops on blocks sized for
-#     the last-level cache); its memory is kept between steps (`models.workspace`) instead of
-#     re-allocated;
+#     iteration (on the CPU by a small C++ kernel, elsewhere by PyTorch ops: on the CPU on
+#     blocks sized for the last-level cache, on GPUs on all children at once); its memory is kept
+#     between steps (`models.workspace`) instead of re-allocated;
 #   - the first iteration uses the uniform coupling 1/parents (b = 0) without a softmax;
 #   - the backward is written by hand: the gradient of u_hat is a sum of rank-one terms
 #     c_t (x) ds_t + da_t (x) v_t, formed block by block and fed straight into the two GEMMs

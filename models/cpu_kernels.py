@@ -4,9 +4,10 @@ Two concerns use them, each with a PyTorch fallback that computes the same funct
 the routing sweeps (`models.routing_sweeps`) and the polyphase layouts of the DFT convolution
 (`models.dft_conv`). They are built with torch.utils.cpp_extension (g++ and ninja, about 40 s;
 `make setup` does it via `python -m models.build_kernels`) into torch's extension cache, under
-a name that carries a hash of the sources and flags, so an edited header is never served stale.
-Where they cannot be built, or with CAPSBENCH_CPU_KERNELS=0, the PyTorch fallbacks run, after
-one warning saying why.
+a name hashed from the sources, the flags, the torch version and this checkout's path, so an
+edited header or a new torch is never served a stale build and two checkouts do not rebuild
+each other's. Where they cannot be built the PyTorch fallbacks run, after one warning saying
+why; CAPSBENCH_CPU_KERNELS=0 chooses the fallbacks without building anything.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,7 @@ ENV_SWITCH = "CAPSBENCH_CPU_KERNELS"
 _module = None
 _error: str | None = None
 _tried = False
+_lock = threading.Lock()  # a second thread waits for the build instead of finding no module
 
 
 def compile_flags() -> list[str]:
@@ -37,7 +40,7 @@ def compile_flags() -> list[str]:
 
 
 def _build_name(flags: list[str]) -> str:
-    digest = hashlib.sha256(" ".join(flags).encode())
+    digest = hashlib.sha256(" ".join([*flags, torch.__version__, str(SOURCES.resolve())]).encode())
     for path in sorted(SOURCES.iterdir()):
         if path.suffix in (".cpp", ".h"):
             digest.update(path.name.encode() + path.read_bytes())
@@ -76,8 +79,11 @@ def _one_line(error: Exception) -> str:
 def module():
     """The compiled kernels, or None (then `error()` says why)."""
     global _module, _error, _tried
-    if not _tried:
-        _tried = True
+    if _tried:
+        return _module
+    with _lock:
+        if _tried:
+            return _module
         if os.environ.get(ENV_SWITCH, "1") == "0":
             _error = f"{ENV_SWITCH}=0"
         else:
@@ -90,11 +96,17 @@ def module():
                     f"convolution run on PyTorch ops, slower on the CPU",
                     stacklevel=2,
                 )
+        _tried = True
     return _module
 
 
 def error() -> str | None:
     return _error
+
+
+def version(device: torch.device | str = "cpu") -> str:
+    """What float32 work on `device` runs on: "cpp" (these kernels) or "torch" (PyTorch ops)."""
+    return "cpp" if usable(torch.empty(0, device=device)) else "torch"
 
 
 def usable(*tensors: torch.Tensor) -> bool:

@@ -85,16 +85,12 @@ def _use_kernel(votes: torch.Tensor) -> bool:
     return not _disabled_here and cpu_kernels.usable(votes)
 
 
-def version(device: torch.device | str = "cpu") -> str:
-    """Which sweeps float32 routing on `device` uses: "cpp" or "torch"."""
-    return "cpp" if _use_kernel(torch.empty(0, device=device)) else "torch"
-
-
 def forward_sweep(votes, v, logits, coupling, parents: int) -> torch.Tensor:
     """votes (children, dim, width = parents * batch), v (dim, width); updates logits and
-    coupling (children, parents, batch) in place and returns s = sum over children of c u_hat."""
+    coupling (children, parents, batch) in place and returns s = sum over children of c u_hat.
+    votes, logits and coupling must be contiguous (the callers allocate them so)."""
     if _use_kernel(votes):
-        return cpu_kernels.module().forward_sweep(votes.contiguous(), v.contiguous(), logits, coupling, parents)
+        return cpu_kernels.module().forward_sweep(votes, v.contiguous(), logits, coupling, parents)
     return _torch_forward_sweep(votes, v, logits, coupling, parents)
 
 
@@ -102,7 +98,7 @@ def backward_sweep(votes, coupling, grad_s, grad_logits, parents: int) -> torch.
     """Adds the gradient through this iteration's softmax to grad_logits (in place) and returns
     the gradient of the previous iteration's v, (dim, width)."""
     if _use_kernel(votes):
-        return cpu_kernels.module().backward_sweep(votes.contiguous(), coupling, grad_s.contiguous(), grad_logits, parents)
+        return cpu_kernels.module().backward_sweep(votes, coupling, grad_s.contiguous(), grad_logits, parents)
     return _torch_backward_sweep(votes, coupling, grad_s, grad_logits, parents)
 
 
@@ -113,7 +109,8 @@ class VotesGrad:
     `rows` writes a block of it, so the whole (47 MB at batch 64) never exists at once."""
 
     def __init__(self, factors: list[tuple[torch.Tensor | float, torch.Tensor]]):
-        self.shared = torch.zeros_like(factors[0][1])  # the float factors, summed
+        g = factors[0][1]
+        self.shared = torch.zeros(g.shape, dtype=g.dtype, device=g.device)  # the float factors, summed
         self.f: list[torch.Tensor] = []
         self.g: list[torch.Tensor] = []
         for f, g in factors:

@@ -85,8 +85,10 @@ def test_votes_grad_rows_match_the_dense_sum_of_factors(kernel):
         torch.testing.assert_close(out, dense[part], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("iters", [1, 2, 3])
-def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, iters):
+@pytest.mark.parametrize("iters, block_bytes", [(1, None), (2, None), (3, None), (3, 5000)])
+def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, iters, block_bytes, monkeypatch):
+    if block_bytes is not None:  # many blocks, the last one shorter: the backward's reused buffer
+        monkeypatch.setattr(routing_sweeps, "_BLOCK_BYTES", block_bytes)
     torch.manual_seed(0)
     layer = DigitCaps(CapsNetConfig(routing_iters=iters))
     u = torch.randn(6, layer.weight.shape[0], layer.weight.shape[2]).mul_(0.5)
@@ -105,24 +107,45 @@ def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, i
 
 
 def test_only_float32_on_the_cpu_uses_the_kernel(kernel):
-    assert routing_sweeps.version("cpu") == "cpp"
+    votes = torch.randn(4, 3, 2 * 5)
+    assert cpu_kernels.version("cpu") == "cpp" and routing_sweeps._use_kernel(votes)
     with torch_sweeps():
-        assert routing_sweeps.version("cpu") == "torch"
-    votes = torch.randn(4, 3, 2 * 5, dtype=torch.float64)
-    assert not routing_sweeps._use_kernel(votes)  # float64 runs the PyTorch ops
+        assert not routing_sweeps._use_kernel(votes)
+    assert not routing_sweeps._use_kernel(votes.double())  # float64 runs the PyTorch ops
+
+
+def test_sweeps_are_deterministic_with_more_threads_than_cores(kernel):
+    """Partial sums are added in chunk order, not in the order threads finish."""
+    gen = torch.Generator().manual_seed(3)
+    votes, v = _random(1152, 16, 10 * 8, generator=gen), _random(16, 10 * 8, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        results = set()
+        for _ in range(8):
+            logits, coupling = torch.zeros(1152, 10, 8), torch.empty(1152, 10, 8)
+            s = forward_sweep(votes, v, logits, coupling, 10)
+            grad_v = backward_sweep(votes, coupling, v, torch.zeros_like(logits), 10)
+            results.add((s.numpy().tobytes(), grad_v.numpy().tobytes()))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(results) == 1
 
 
 def test_a_failed_build_warns_once_and_routing_still_runs(monkeypatch):
     def no_compiler():
         raise RuntimeError("Error building extension\ng++: error: no such compiler\nninja: build stopped")
 
+    monkeypatch.delenv(cpu_kernels.ENV_SWITCH, raising=False)
     monkeypatch.setattr(cpu_kernels, "_build", no_compiler)
     monkeypatch.setattr(cpu_kernels, "_module", None)
     monkeypatch.setattr(cpu_kernels, "_tried", False)
     monkeypatch.setattr(cpu_kernels, "_error", None)
-    with pytest.warns(UserWarning, match="no such compiler.*run on PyTorch ops"):
+    with pytest.warns(UserWarning, match="no such compiler.*run on PyTorch ops") as caught:
         assert cpu_kernels.module() is None
-    assert routing_sweeps.version("cpu") == "torch"
+        assert cpu_kernels.module() is None
+    assert len(caught) == 1
+    assert cpu_kernels.version("cpu") == "torch"
     assert cpu_kernels.error() == "RuntimeError: g++: error: no such compiler"
     model = CapsNet(CapsNetConfig(primary_conv="dft"))  # routing and the DFT layouts on PyTorch ops
     model(torch.rand(2, 1, 28, 28)).scores.sum().backward()
@@ -130,7 +153,7 @@ def test_a_failed_build_warns_once_and_routing_still_runs(monkeypatch):
 
 
 def test_the_environment_switch_turns_the_kernel_off():
-    code = "from models import cpu_kernels, routing_sweeps; print(routing_sweeps.version('cpu'), cpu_kernels.error())"
+    code = "from models import cpu_kernels; print(cpu_kernels.version('cpu'), cpu_kernels.error())"
     env = dict(os.environ, CAPSBENCH_CPU_KERNELS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["torch", "CAPSBENCH_CPU_KERNELS=0"]

@@ -2,10 +2,13 @@
 #include "dft_layouts.h"
 #include "routing_sweeps.h"
 
+// The kernels touch no Python object: other Python threads may run meanwhile, as with ATen ops.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_sweep", &capsbench::forward_sweep, "one forward routing iteration over the votes");
-  m.def("backward_sweep", &capsbench::backward_sweep, "the backward of one routing iteration");
-  m.def("votes_grad_rows", &capsbench::votes_grad_rows, "rows of the gradient of u_hat from its rank-one factors");
-  m.def("split_phases", &capsbench::split_phases, "the four stride-2 phases of square images");
-  m.def("merge_phases", &capsbench::merge_phases, "square images from their four stride-2 phases");
+  const auto no_gil = py::call_guard<py::gil_scoped_release>();
+  m.def("forward_sweep", &capsbench::forward_sweep, "one forward routing iteration over the votes", no_gil);
+  m.def("backward_sweep", &capsbench::backward_sweep, "the backward of one routing iteration", no_gil);
+  m.def("votes_grad_rows", &capsbench::votes_grad_rows, "rows of the gradient of u_hat from its rank-one factors",
+        no_gil);
+  m.def("split_phases", &capsbench::split_phases, "the four stride-2 phases of square images", no_gil);
+  m.def("merge_phases", &capsbench::merge_phases, "square images from their four stride-2 phases", no_gil);
 }

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -19,10 +20,31 @@
 
 namespace capsbench {
 
-// Adds a chunk's partial sum (dim x width) into the shared total.
-inline void add_into(float* total, const std::vector<float>& part, std::mutex& lock) {
-  std::lock_guard<std::mutex> guard(lock);
-  for (size_t k = 0; k < part.size(); ++k) total[k] += part[k];
+// Per-chunk partial sums of a sweep, added up in the order of the chunks (not of the threads
+// finishing), so a result is the same from run to run at any thread count.
+class ChunkSums {
+ public:
+  explicit ChunkSums(int64_t size) : size_(size) {}
+
+  std::vector<float>& open(int64_t chunk_start) {
+    std::lock_guard<std::mutex> guard(lock_);
+    return parts_.emplace(chunk_start, std::vector<float>(size_, 0.f)).first->second;
+  }
+
+  void add_into(float* total) const {
+    for (const auto& part : parts_)
+      for (int64_t k = 0; k < size_; ++k) total[k] += part.second[k];
+  }
+
+ private:
+  int64_t size_;
+  std::mutex lock_;
+  std::map<int64_t, std::vector<float>> parts_;
+};
+
+inline void check_sweep_shapes(const at::Tensor& votes, int64_t parents) {
+  TORCH_CHECK(votes.dim() == 3 && parents > 0 && votes.size(2) % parents == 0,
+              "votes must be (children, dim, parents * batch)");
 }
 
 // logits += <u_hat_i, v> over dim; coupling = softmax over the parents; returns s = sum_i c_i u_hat_i.
@@ -32,20 +54,20 @@ inline at::Tensor forward_sweep(const at::Tensor& votes, const at::Tensor& v, at
   check(v, "v");
   check(logits, "logits");
   check(coupling, "coupling");
+  check_sweep_shapes(votes, parents);
   const int64_t children = votes.size(0), dim = votes.size(1), width = votes.size(2);
   const int64_t batch = width / parents;
-  TORCH_CHECK(batch * parents == width && v.numel() == dim * width && logits.numel() == children * width &&
-                  coupling.numel() == children * width,
+  TORCH_CHECK(v.numel() == dim * width && logits.numel() == children * width && coupling.numel() == children * width,
               "forward_sweep: inconsistent shapes");
   const float* u = votes.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* lp = logits.data_ptr<float>();
   float* cp = coupling.data_ptr<float>();
   at::Tensor s = at::zeros({dim, width}, votes.options());
-  float* sp = s.data_ptr<float>();
-  std::mutex lock;
+  ChunkSums sums(dim * width);
   at::parallel_for(0, children, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> partial(dim * width, 0.f), agreement(width), peak(batch), total(batch);
+    std::vector<float>& partial = sums.open(begin);
+    std::vector<float> agreement(width), peak(batch), total(batch);
     for (int64_t i = begin; i < end; ++i) {
       const float* slab = u + i * dim * width;
       float* li = lp + i * width;
@@ -76,8 +98,8 @@ inline at::Tensor forward_sweep(const at::Tensor& votes, const at::Tensor& v, at
         for (int64_t w = 0; w < width; ++w) pd[w] += row[w] * ci[w];
       }
     }
-    add_into(sp, partial, lock);
   });
+  sums.add_into(s.data_ptr<float>());
   return s;
 }
 
@@ -89,9 +111,10 @@ inline at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coup
   check(coupling, "coupling");
   check(grad_s, "grad_s");
   check(grad_logits, "grad_logits");
+  check_sweep_shapes(votes, parents);
   const int64_t children = votes.size(0), dim = votes.size(1), width = votes.size(2);
   const int64_t batch = width / parents;
-  TORCH_CHECK(batch * parents == width && grad_s.numel() == dim * width && coupling.numel() == children * width &&
+  TORCH_CHECK(grad_s.numel() == dim * width && coupling.numel() == children * width &&
                   grad_logits.numel() == children * width,
               "backward_sweep: inconsistent shapes");
   const float* u = votes.data_ptr<float>();
@@ -99,10 +122,10 @@ inline at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coup
   const float* gp = grad_s.data_ptr<float>();
   float* glp = grad_logits.data_ptr<float>();
   at::Tensor grad_v = at::zeros({dim, width}, votes.options());
-  float* gv = grad_v.data_ptr<float>();
-  std::mutex lock;
+  ChunkSums sums(dim * width);
   at::parallel_for(0, children, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> partial(dim * width, 0.f), grad_c(width), weighted(batch);
+    std::vector<float>& partial = sums.open(begin);
+    std::vector<float> grad_c(width), weighted(batch);
     for (int64_t i = begin; i < end; ++i) {
       const float* slab = u + i * dim * width;
       const float* ci = cp + i * width;
@@ -127,8 +150,8 @@ inline at::Tensor backward_sweep(const at::Tensor& votes, const at::Tensor& coup
         for (int64_t w = 0; w < width; ++w) pd[w] += row[w] * gli[w];
       }
     }
-    add_into(gv, partial, lock);
   });
+  sums.add_into(grad_v.data_ptr<float>());
   return grad_v;
 }
 
@@ -139,7 +162,7 @@ inline void votes_grad_rows(const std::vector<at::Tensor>& f, const std::vector<
                      int64_t start, at::Tensor& out) {
   check(shared, "shared");
   check(out, "out");
-  TORCH_CHECK(f.size() == g.size(), "votes_grad_rows: as many f as g");
+  TORCH_CHECK(f.size() == g.size() && out.dim() == 3 && start >= 0, "votes_grad_rows: bad arguments");
   const int64_t rows = out.size(0), dim = out.size(1), width = out.size(2);
   TORCH_CHECK(shared.numel() == dim * width, "votes_grad_rows: inconsistent shapes");
   std::vector<const float*> fp, gp;
