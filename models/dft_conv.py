@@ -20,7 +20,10 @@ N = 10). The transforms themselves are small real matrix products that write the
 straight into the layout of one batched real matmul per pass:
     [Re H; Im H] (2B x K) @ [Re W; Im W]^T (K x 2O)
 whose four blocks give Re Y = Hr Wr' + Hi Wi' and Im Y = Hi Wr' - Hr Wi'. The backward is the
-exact adjoint, written out (two more batched matmuls and the transposed transforms).
+exact adjoint, written out (two more batched matmuls and the transposed transforms). The
+polyphase split and merge run in C++ on the CPU (models/csrc/dft_layouts.h, via
+`models.cpu_kernels`): in a training step at batch 64 they took 9.5 + 3.3 ms forward and
+15.7 + 8.8 ms backward as PyTorch pads and permutes, about 5 ms each way in C++.
 """
 from __future__ import annotations
 
