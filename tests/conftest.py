@@ -4,6 +4,7 @@ Error paths and small runs go through the same `main(argv)` as `python -m studie
 without the seconds a new interpreter spends importing torch and torchvision. Each module
 keeps at least one real subprocess run, so the entry points themselves stay tested.
 """
+import os
 import subprocess
 
 import pytest
@@ -32,3 +33,18 @@ def run_cli(capsys, monkeypatch):
         return subprocess.CompletedProcess([program, *argv], code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """The C++ CPU kernels (models/csrc). A real component of the CPU training step: where they
+    cannot be built, tests that need them skip locally but fail in CI (CI set)."""
+    from models import cpu_kernels
+
+    built = cpu_kernels.module()
+    if built is None:
+        message = f"the C++ CPU kernels could not be built: {cpu_kernels.error()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return built

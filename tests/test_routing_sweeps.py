@@ -1,7 +1,7 @@
 """The C++ routing sweeps (models/csrc/routing_sweeps.h) against the PyTorch ops they replace.
 
 The kernel is a real component of the CPU training step: where it cannot be built these tests
-skip locally but fail in CI (CI set), so a machine that silently lost it is noticed.
+skip locally but fail in CI (the `kernel` fixture of conftest.py).
 """
 import contextlib
 import os
@@ -17,17 +17,6 @@ from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torc
 
 CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 7  # odd sizes: no accidental alignment
 WIDTH = PARENTS * BATCH
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    built = cpu_kernels.module()
-    if built is None:
-        message = f"the C++ CPU kernels could not be built: {cpu_kernels.error()}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return built
 
 
 def _sweeps(use_torch: bool):
