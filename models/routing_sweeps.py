@@ -102,7 +102,6 @@ def backward_sweep(votes, coupling, grad_s, grad_logits, parents: int) -> torch.
     return _torch_backward_sweep(votes, coupling, grad_s, grad_logits, parents)
 
 
-
 class VotesGrad:
     """The gradient of u_hat held as rank-one factors [(f, g)], d u_hat[i, :, w] = sum f[i, w] g[:, w],
     f a (children, parents, batch) tensor or a float (the same for every child), g (dim, width);
