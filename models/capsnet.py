@@ -14,7 +14,7 @@ from models.compile_barrier import eager_under_compile
 from models.dft_conv import direct_only, stride2_conv_dft, worthwhile
 from models.output import LossTerms, ModelOutput
 from models.registry import register
-from models.routing_sweeps import VotesGrad, backward_sweep, blocks, forward_sweep
+from models.routing_sweeps import VotesGrad, backward_sweep, blocks, forward_sweep, votes_and_sum
 from models.workspace import Workspace
 
 MARGIN_CONVENTIONS = ("paper", "official")
@@ -88,8 +88,9 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 
 # Routing is memory-bound: the vote tensor u_hat (batch x 1152 x 10 x 16 floats, 47 MB at
 # batch 64) is far larger than the caches, while routing does a few flops per element. So:
-#   - u_hat is written once, by one batched GEMM over the child axis, straight into the layout
-#     routing reads best: (children, dim, parents, batch). The reductions over dim and the
+#   - u_hat is written once, by one batched product over the child axis (on the CPU a C++ kernel
+#     that also sums the votes for the first iteration while they are in cache), straight into
+#     the layout routing reads best: (children, dim, parents, batch). The reductions over dim and the
 #     softmax over parents then run over an outer axis with the contiguous batch axis inside,
 #     which vectorises (PyTorch's CPU reductions over a short innermost axis are 5-20x slower);
 #   - each routing iteration is one sweep over the children (`models.routing_sweeps`):
@@ -222,10 +223,7 @@ class _VotesAndRoute(torch.autograd.Function):
         rows = weight_t.shape[1]
         dim = rows // parents
         votes = workspace.get("votes", (children, rows, batch), u_t)
-        first_sum = u_t.new_zeros(rows, batch)
-        for part in blocks(children, rows * batch * u_t.element_size(), u_t.device):
-            torch.bmm(weight_t[part], u_t[part], out=votes[part])
-            first_sum += votes[part].sum(0)
+        first_sum = votes_and_sum(weight_t, u_t, votes)
         votes = votes.view(children, dim, parents * batch)
         v, state = _route_forward(votes, first_sum.view(dim, -1), parents, iters, couplings)
         ctx.save_for_backward(u_t, weight_t, votes)

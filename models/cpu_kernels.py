@@ -33,7 +33,9 @@ _lock = threading.Lock()  # a second thread waits for the build instead of findi
 def compile_flags() -> list[str]:
     # Vector width as PyTorch itself dispatches on this CPU; it is part of the build's name, so
     # a cache shared by different machines never hands one a kernel it cannot run.
-    flags = ["-O3", "-fopenmp"]
+    # -fno-trapping-math lets GCC vectorise loops with float comparisons (max, clamps); traps
+    # are off in PyTorch's floating-point environment anyway.
+    flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     return flags

@@ -13,7 +13,7 @@ import torch
 
 from models import cpu_kernels, routing_sweeps
 from models.capsnet import CapsNet, CapsNetConfig, DigitCaps
-from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torch_sweeps
+from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torch_sweeps, votes_and_sum
 
 CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 7  # odd sizes: no accidental alignment
 WIDTH = PARENTS * BATCH
@@ -41,6 +41,31 @@ def test_forward_sweep_matches_torch_ops(kernel):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
     # the couplings are a softmax over the parents
     torch.testing.assert_close(results[0][2].sum(1), torch.ones(CHILDREN, BATCH))
+
+
+def test_forward_sweep_softmax_holds_for_extreme_logits(kernel):
+    """The kernel's own exp: logits far apart (exp underflows below -87) and equal."""
+    logits = torch.tensor([[0.0, -50.0, -100.0], [3.0, 3.0, 3.0], [-1e4, 0.0, 20.0]]).view(3, 3, 1)
+    logits = logits.repeat(1, 1, 2)  # batch 2
+    votes = torch.zeros(3, 1, 3 * 2)  # no agreement: the softmax of the logits as they are
+    coupling = torch.empty_like(logits)
+    forward_sweep(votes, torch.zeros(1, 3 * 2), logits.clone(), coupling, 3)
+    torch.testing.assert_close(coupling, torch.softmax(logits.double(), dim=1).float(), rtol=3e-7, atol=1e-30)
+
+
+def test_votes_and_sum_match_torch_ops(kernel):
+    gen = torch.Generator().manual_seed(4)
+    weight_t, u_t = _random(CHILDREN, 11, 6, generator=gen), _random(CHILDREN, 6, 70, generator=gen)  # batch > 64
+    results = []
+    for use_torch in (False, True):
+        votes = torch.full((CHILDREN, 11, 70), float("nan"))
+        with _sweeps(use_torch):
+            total = votes_and_sum(weight_t, u_t, votes)
+        results.append((votes, total))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][0], torch.bmm(weight_t, u_t), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[0][1], torch.bmm(weight_t, u_t).sum(0), rtol=1e-5, atol=1e-5)
 
 
 def test_backward_sweep_matches_torch_ops(kernel):
@@ -107,6 +132,7 @@ def test_sweeps_are_deterministic_with_more_threads_than_cores(kernel):
     """Partial sums are added in chunk order, not in the order threads finish."""
     gen = torch.Generator().manual_seed(3)
     votes, v = _random(1152, 16, 10 * 8, generator=gen), _random(16, 10 * 8, generator=gen)
+    weight_t, u_t = _random(1152, 16, 8, generator=gen), _random(1152, 8, 8, generator=gen)
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
@@ -115,7 +141,8 @@ def test_sweeps_are_deterministic_with_more_threads_than_cores(kernel):
             logits, coupling = torch.zeros(1152, 10, 8), torch.empty(1152, 10, 8)
             s = forward_sweep(votes, v, logits, coupling, 10)
             grad_v = backward_sweep(votes, coupling, v, torch.zeros_like(logits), 10)
-            results.add((s.numpy().tobytes(), grad_v.numpy().tobytes()))
+            total = votes_and_sum(weight_t, u_t, torch.empty(1152, 16, 8))
+            results.add((s.numpy().tobytes(), grad_v.numpy().tobytes(), total.numpy().tobytes()))
     finally:
         torch.set_num_threads(threads)
     assert len(results) == 1
