@@ -6,9 +6,11 @@ study engine calls (the `throughput` study); `python -m bench` is the command li
 Rows come in three sections:
 - "models": every registered model x batch size x mode (train step / inference);
 - "routing": our CapsNet against reference (a), the broadcast implementation, and reference
-  (b), the convolution stem alone (bench/references.py), timed round-robin at one batch size;
-  in training also both again with nn.Conv2d for PrimaryCaps (`capsnet_conv2d`,
-  `reference_b_stem_conv2d`), which separates the routing's gain from the DFT convolution's;
+  (b), the convolution stem alone (bench/references.py), at one batch size, each in a process
+  of its own, warmed up until its memory settles, then timed in turn (bench/comparison.py);
+  in training, except in the quick profile, also both again with nn.Conv2d for PrimaryCaps
+  (`capsnet_conv2d`, `reference_b_stem_conv2d`), which separates the routing's gain from the
+  DFT convolution's;
 - "data": the cost of preparing one training batch on the device (uint8 slice, float
   conversion, shift2 augmentation), as a share of a CapsNet training step.
 """
@@ -23,11 +25,18 @@ from typing import Callable
 import torch
 
 import models
-from bench.references import BroadcastCapsNet, ConvStem
+from bench.comparison import (
+    COMPARE_CONV2D,
+    COMPARE_MODEL,
+    COMPARED,
+    REFERENCE_A,
+    REFERENCE_B,
+    REFERENCE_B_CONV2D,
+    Lockstep,
+)
+from bench.runner import Runner, build_model
 from bench.timing import (
     Timing,
-    count_flops,
-    interleaved_runs,
     paired_ratio,
     peak_memory_mb,
     reset_peak_memory,
@@ -35,12 +44,10 @@ from bench.timing import (
     time_runs,
 )
 from models import cpu_kernels
-from models.capsnet import CapsNet
-from models.dft_conv import direct_convolutions, worthwhile
+from models.dft_conv import worthwhile
 from studies.augment import parse_augmentation
 from studies.cpu_allocator import pin_malloc_thresholds
-from studies.devices import autocast, device_name, resolve_device
-from studies.optimizer import adam
+from studies.devices import device_name, resolve_device
 
 # The reference numbers and targets of issue 5, set for this project's 2-core CPU at batch 64,
 # 28x28, 3 routing iterations, with decoder.
@@ -51,11 +58,6 @@ TARGETS = {
     "infer_images_per_s": 330.0,  # at least
     "data_share_pct": 5.0,  # below
 }
-COMPARE_MODEL = "capsnet"
-REFERENCE_A = "reference_a_broadcast"
-REFERENCE_B = "reference_b_stem"
-COMPARE_CONV2D = "capsnet_conv2d"
-REFERENCE_B_CONV2D = "reference_b_stem_conv2d"
 CONV2D_STEM = {COMPARE_CONV2D: REFERENCE_B_CONV2D, REFERENCE_B_CONV2D: REFERENCE_B_CONV2D}
 ROUTING_ROW_ORDER = [COMPARE_MODEL, REFERENCE_A, REFERENCE_B, COMPARE_CONV2D, REFERENCE_B_CONV2D]
 
@@ -69,21 +71,39 @@ class Profile:
     row_budget_s: float | None
     compare_batch: int
     compare_rounds: int
+    # Training rounds after those, without reference (a): for the ratio to the stem.
+    stem_rounds: int
+    # Warm-up of each compared model (bench/comparison.py): at least settle_min_s seconds and
+    # until its memory has settled, at most settle_max_s seconds and settle_steps steps.
+    settle_min_s: float
+    settle_max_s: float
+    settle_steps: int
+    # Also time CapsNet and the stem with nn.Conv2d for PrimaryCaps (the routing's gain alone).
+    conv2d_pair: bool
     data_repeats: int
 
 
-# quick fits in about 3 minutes on the 2-core CPU, where cnn_paper trains at only ~15 images/s.
+# quick fits in about 3 minutes on the 2-core CPU, where cnn_paper trains at only ~15 images/s and
+# reference (a) at ~40; hence no nn.Conv2d pair in it.
 PROFILES = {
-    "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, data_repeats=5),
-    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=7, data_repeats=50),
-    "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64, compare_rounds=10, data_repeats=100),
-    "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64, compare_rounds=20, data_repeats=200),
+    "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
+                     settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5),
+    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5, stem_rounds=12,
+                     settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
+                     data_repeats=50),
+    "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64,
+                        compare_rounds=10, stem_rounds=20, settle_min_s=30.0, settle_max_s=60.0, settle_steps=400,
+                        conv2d_pair=True, data_repeats=100),
+    "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64,
+                     compare_rounds=20, stem_rounds=30, settle_min_s=45.0, settle_max_s=120.0, settle_steps=400,
+                     conv2d_pair=True, data_repeats=200),
 }
+
 
 # Every row has these columns (the CSV's header, in this order).
 COLUMNS = [
     "section", "model", "batch", "mode", "images_per_s", "step_ms", "step_ms_q25", "step_ms_q75",
-    "spread_iqr_pct", "runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
+    "spread_iqr_pct", "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
     "memory_kind", "speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct", "routing_iters",
     "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
     "profile",
@@ -126,66 +146,6 @@ class BenchOptions:
         return dataclasses.replace(self, models=names, batch_sizes=sizes)
 
 
-def _build(name: str, options: BenchOptions) -> torch.nn.Module:
-    config = {"input_size": options.image_size}
-    if options.routing_iters is not None and "routing_iters" in models.option_names(name):
-        config["routing_iters"] = options.routing_iters
-    return models.create(name, **config)
-
-
-class _Runner:
-    """One model on the device, with the train-step and inference callables the rows time."""
-
-    def __init__(
-        self, model: torch.nn.Module, batch: int, options: BenchOptions, device: torch.device, flop_counts: dict
-    ):
-        generator = torch.Generator(device="cpu").manual_seed(options.seed)
-        channels = getattr(getattr(model, "config", None), "in_channels", 1)
-        size = options.image_size
-        images = torch.rand(batch, channels, size, size, generator=generator)
-        labels = torch.randint(0, 10, (batch,), generator=generator)
-        self.images, self.labels = images.to(device), labels.to(device)
-        self.model = model.to(device)
-        if options.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-            self.images = self.images.contiguous(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if options.compile else self.model
-        self.optimizer = adam(self.model.parameters(), lr=1e-3)  # the trainer's optimiser
-        self.device, self.bf16 = device, options.bf16
-        self.flop_counts = flop_counts
-
-    def train_step(self, forward=None) -> None:
-        forward = forward or self.forward
-        self.model.train()
-        with autocast(self.device, self.bf16):
-            output = forward(self.images, self.labels)
-            loss = self.model.loss(output, self.images, self.labels).total
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-    def infer(self, forward=None) -> None:
-        forward = forward or self.forward
-        self.model.eval()
-        with torch.inference_mode(), autocast(self.device, self.bf16):
-            forward(self.images)
-
-    def step(self, mode: str) -> Callable[[], None]:
-        return self.train_step if mode == "train" else self.infer
-
-    def flops_per_image(self, mode: str) -> int:
-        # The network's nominal FLOPs: counted on the eager model (the compiled one computes the
-        # same products) with direct convolutions, where CapsNet's DFT path needs about a third.
-        # Every counted product grows with the batch, so one count per network and mode serves
-        # all batch sizes (`flop_counts` is shared by the rows of one benchmark run).
-        key = (type(self.model), getattr(self.model, "config", None), mode)
-        if key not in self.flop_counts:
-            fn = self.step(mode)
-            with direct_convolutions():
-                self.flop_counts[key] = count_flops(lambda: fn(self.model)) // self.images.shape[0]
-        return self.flop_counts[key]
-
-
 def _environment(options: BenchOptions, device: torch.device, threads: int) -> dict:
     return {
         "image_size": options.image_size,
@@ -203,7 +163,7 @@ def _environment(options: BenchOptions, device: torch.device, threads: int) -> d
     }
 
 
-def _row(section, name, batch, mode, timing: Timing, runner: _Runner | None, memory, env, options) -> dict:
+def _row(section, name, batch, mode, timing: Timing, warmup_runs: int, description: dict | None, memory, env) -> dict:
     median = timing.median
     row = dict.fromkeys(COLUMNS)
     row.update(env)
@@ -211,15 +171,11 @@ def _row(section, name, batch, mode, timing: Timing, runner: _Runner | None, mem
         section=section, model=name, batch=batch, mode=mode,
         images_per_s=batch / median, step_ms=1e3 * median,
         step_ms_q25=1e3 * timing.quantile(0.25), step_ms_q75=1e3 * timing.quantile(0.75),
-        spread_iqr_pct=timing.iqr_pct, runs=len(timing.times),
+        spread_iqr_pct=timing.iqr_pct, runs=len(timing.times), warmup_runs=warmup_runs,
     )
-    if runner is not None:
-        model = runner.model
-        row["params"] = sum(p.numel() for p in model.parameters())
-        row["flops_per_image"] = runner.flops_per_image(mode)
+    if description is not None:
+        row.update(description)
         row["achieved_gflop_per_s"] = row["flops_per_image"] * row["images_per_s"] / 1e9
-        config = getattr(model, "config", None)
-        row["routing_iters"] = getattr(config, "routing_iters", None)
     if memory is not None:
         row["peak_memory_mb"], row["memory_kind"] = memory
     return row
@@ -236,12 +192,12 @@ def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> l
     for name in options.models:
         for batch in options.batch_sizes:
             torch.manual_seed(options.seed)
-            runner = _Runner(_build(name, options), batch, options, device, flop_counts)
+            runner = Runner(build_model(name, options), batch, options, device, flop_counts)
             for mode in ("train", "infer"):
                 reset_peak_memory(device)
                 timing = time_runs(runner.step(mode), device, profile.warmup, profile.repeats, profile.row_budget_s)
                 memory = peak_memory_mb(device)
-                row = _row("models", name, batch, mode, timing, runner, memory, env, options)
+                row = _row("models", name, batch, mode, timing, profile.warmup, runner.describe(mode), memory, env)
                 rows.append(row)
                 _log(f"{name:>12} batch {batch:>4} {mode:>5}: {row['images_per_s']:8.1f} images/s "
                      f"({row['step_ms']:.1f} ms, IQR {row['spread_iqr_pct']:.0f}%)", log)
@@ -249,45 +205,45 @@ def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> l
     return rows
 
 
-def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> list[dict]:
-    """CapsNet vs reference (a) and the convolution stem (b), timed round-robin."""
+def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
+    """CapsNet vs reference (a) and the convolution stem (b): each in a process of its own, settled,
+    then timed in turn (bench/comparison.py)."""
     profile = PROFILES[options.profile]
     batch = profile.compare_batch
     if options.profile == "smoke":  # validate() filled in batch_sizes
         batch = min(options.batch_sizes)
-    torch.manual_seed(options.seed)
-    ours = _build(COMPARE_MODEL, options)
-    conv2d_config = dataclasses.replace(ours.config, primary_conv="direct")
-    ours_conv2d = CapsNet(conv2d_config)
-    ours_conv2d.load_state_dict(ours.state_dict())
-    # Timed in this order: each model next to the stem it is compared with.
-    runners = {
-        COMPARE_MODEL: _Runner(ours, batch, options, device, flop_counts),
-        REFERENCE_B: _Runner(ConvStem(ours.config), batch, options, device, flop_counts),
-        REFERENCE_A: _Runner(BroadcastCapsNet(ours.config).copy_from(ours), batch, options, device, flop_counts),
-        # The same two with nn.Conv2d for PrimaryCaps, separating the routing's gain from the
-        # DFT convolution's. Training only: at inference `auto` takes nn.Conv2d anyway.
-        COMPARE_CONV2D: _Runner(ours_conv2d, batch, options, device, flop_counts),
-        REFERENCE_B_CONV2D: _Runner(ConvStem(conv2d_config), batch, options, device, flop_counts),
-    }
+    conv2d_pair = (COMPARE_CONV2D, REFERENCE_B_CONV2D)
+    compared = tuple(name for name in COMPARED if profile.conv2d_pair or name not in conv2d_pair)
     rows = []
     our_step_s = 0.0
-    for mode in ("train", "infer"):
-        fns = {name: runner.step(mode) for name, runner in runners.items()
-               if mode == "train" or name not in (COMPARE_CONV2D, REFERENCE_B_CONV2D)}
-        timings = interleaved_runs(fns, device, profile.warmup, profile.compare_rounds)
-        if mode == "train":
-            our_step_s = timings[COMPARE_MODEL].median
-        for name in sorted(fns, key=ROUTING_ROW_ORDER.index):
-            runner = runners[name]
-            row = _row("routing", name, batch, mode, timings[name], runner, None, env, options)
-            row["routing_iters"] = ours.config.routing_iters
-            row["speedup_vs_reference_a"] = paired_ratio(timings[REFERENCE_A], timings[name])
-            # against the stem that computes its convolutions the same way
-            row["time_vs_stem"] = paired_ratio(timings[name], timings[CONV2D_STEM.get(name, REFERENCE_B)])
-            rows.append(row)
-            _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
-                 f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem", log)
+    with Lockstep(compared, options, batch) as workers:
+        for mode in ("train", "infer"):
+            # The nn.Conv2d pair in training only: at inference `auto` takes nn.Conv2d anyway.
+            names = [name for name in compared if mode == "train" or name not in conv2d_pair]
+            _log(f"routing comparison, {mode}: settling {len(names)} models, each in its own process", log)
+            # Inference needs no minimum: measured, a CapsNet inference process takes no page
+            # faults after its second step, while training's heap grows in bursts for ~75 steps.
+            min_s = profile.settle_min_s if mode == "train" else 0.0
+            settled = workers.settle(names, mode, min_s, profile.settle_max_s, profile.settle_steps)
+            timings = workers.time_rounds(names, mode, profile.compare_rounds)
+            if mode == "train" and profile.stem_rounds:
+                # A step's time varies by +-10% from one step to the next here, so the ratio to the
+                # stem needs more rounds than the 2x margin over reference (a), whose steps cost 5x.
+                ours = [name for name in names if name != REFERENCE_A]
+                more = workers.time_rounds(ours, mode, profile.stem_rounds)
+                timings.update({name: Timing(timings[name].times + more[name].times) for name in ours})
+            if mode == "train":
+                our_step_s = timings[COMPARE_MODEL].median
+            for name in sorted(names, key=ROUTING_ROW_ORDER.index):
+                row = _row("routing", name, batch, mode, timings[name], settled[name],
+                           workers.ask(name, "describe", mode), None, env)
+                row["speedup_vs_reference_a"] = paired_ratio(timings[REFERENCE_A], timings[name])
+                # against the stem that computes its convolutions the same way
+                row["time_vs_stem"] = paired_ratio(timings[name], timings[CONV2D_STEM.get(name, REFERENCE_B)])
+                rows.append(row)
+                _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
+                     f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem "
+                     f"(after {settled[name]} warm-up steps)", log)
     rows.append(_data_row(options, device, env, batch, our_step_s, log))
     return rows
 
@@ -311,7 +267,7 @@ def _data_row(options: BenchOptions, device, env, batch: int, step_s: float, log
         return augment(images, generator)
 
     data = time_runs(prepare, device, warmup=2, repeats=profile.data_repeats)
-    row = _row("data", "data_prep_shift2", batch, "data", data, None, None, env, options)
+    row = _row("data", "data_prep_shift2", batch, "data", data, 2, None, None, env)
     row["share_of_step_pct"] = 100.0 * data.median / step_s
     _log(f"data preparation (uint8 slice, float, shift2) batch {batch}: {row['step_ms']:.2f} ms = "
          f"{row['share_of_step_pct']:.2f}% of a CapsNet training step", log)
@@ -331,7 +287,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         flop_counts: dict = {}
         rows = _model_rows(options, device, env, log, flop_counts)
         if options.references:
-            rows += _routing_rows(options, device, env, log, flop_counts)
+            rows += _routing_rows(options, device, env, log)
     finally:  # a library call must not leave the caller's process on other thread counts
         torch.set_num_threads(caller_threads)
     return rows
@@ -422,7 +378,7 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
                    "image_size", "profile"]
     measured = ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "step_ms_q25", "step_ms_q75",
-                "runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb", "memory_kind", "routing_iters"]
+                "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb", "memory_kind", "routing_iters"]
     frame = frame.astype(object).where(frame.notna(), "")
     parts = [
         f"# Throughput: {stem}",
@@ -454,11 +410,14 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
             "public versions do; reference (b) is Conv1 + the PrimaryCaps layer alone (the floor), computed "
             "as our model computes it. In training, `capsnet_conv2d` and `reference_b_stem_conv2d` are the "
             "same two with nn.Conv2d for PrimaryCaps (the routing's gain alone; their time_vs_stem is "
-            "against the nn.Conv2d stem). All are timed round-robin at one batch size with the same weights, "
-            "each model next to its stem; speedup_vs_reference_a and time_vs_stem are medians over the rounds "
-            "of the ratio within a round, so load that comes and goes divides out.",
+            "against the nn.Conv2d stem). All have the same weights and batch; each runs in a process of its "
+            "own, as in training, warmed up until its resident memory stops growing (warmup_runs steps, within "
+            "a time cap), then all are timed in turn, one step each per round (the second of two in a row), "
+            "each model next to its stem; in training, more rounds without reference (a) follow for the ratio "
+            "to the stem (runs says how many rounds a row had). speedup_vs_reference_a and time_vs_stem are "
+            "medians over the rounds of the ratio within a round, so load that comes and goes divides out.",
             "",
-            _markdown(routing, ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "runs",
+            _markdown(routing, ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "runs", "warmup_runs",
                                 "speedup_vs_reference_a", "time_vs_stem", "params", "flops_per_image",
                                 "achieved_gflop_per_s", "routing_iters"]),
         ]

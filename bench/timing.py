@@ -60,10 +60,11 @@ class Timing:
 
 
 def paired_ratio(numerator: Timing, denominator: Timing) -> float:
-    """Median over rounds of numerator / denominator, for two Timings from the same
-    `interleaved_runs`: each pair ran seconds apart, so load on the machine that comes and goes
-    divides out of each ratio (a ratio of medians can pair a quiet run with a loaded one)."""
-    return statistics.median(a / b for a, b in zip(numerator.times, denominator.times, strict=True))
+    """Median over rounds of numerator / denominator, for two Timings whose i-th runs were taken
+    in the same round, seconds apart (`bench.comparison.Lockstep.time_rounds`): load on the
+    machine that comes and goes divides out of each ratio (a ratio of medians can pair a quiet
+    run with a loaded one). Where one ran in more rounds (the later ones), over the rounds both ran."""
+    return statistics.median(a / b for a, b in zip(numerator.times, denominator.times))
 
 
 def time_runs(
@@ -94,31 +95,6 @@ def time_runs(
         if budget_s is not None and len(times) >= min(min_repeats, repeats) and spent >= budget_s:
             break
     return Timing(times)
-
-
-def interleaved_runs(
-    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, rounds: int
-) -> dict[str, Timing]:
-    """Time several functions round-robin, so a burst of load on the machine hits them all.
-
-    Each timed call follows an untimed call of the same function: it then meets the allocator
-    and caches as its own previous step left them, as in training, not as another model's step
-    did. Measured here: interleaved with four other models and no such call, CapsNet's step
-    took 1.63x the stem's time; in loops of their own, 1.14x; interleaved with it, 1.23x.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            synchronize(device)
-            started = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - started)
-    return {name: Timing(values) for name, values in times.items()}
 
 
 def count_flops(fn: Callable[[], object]) -> int:

@@ -63,6 +63,10 @@ def test_routing_comparison_and_data_rows(smoke_rows):
     assert set(routing) == {
         (m, mode) for m in ("capsnet", "reference_a_broadcast", "reference_b_stem") for mode in ("train", "infer")
     } | {("capsnet_conv2d", "train"), ("reference_b_stem_conv2d", "train")}
+    # smoke: 2 rounds of all, then 1 more without reference (a) in training; 2-step warm-ups
+    assert routing[("capsnet", "train")]["runs"] == 3 and routing[("reference_a_broadcast", "train")]["runs"] == 2
+    assert routing[("capsnet", "infer")]["runs"] == 2
+    assert all(row["warmup_runs"] == 2 for row in routing.values())
     assert routing[("reference_a_broadcast", "train")]["speedup_vs_reference_a"] == pytest.approx(1.0)
     assert routing[("reference_b_stem", "train")]["time_vs_stem"] == pytest.approx(1.0)
     # Same network, same products: reference (a) and ours count the same FLOPs.

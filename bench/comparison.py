@@ -1,0 +1,214 @@
+"""The routing comparison's models, each in a process of its own, stepped in turn.
+
+Sharing one process let the models disturb each other's timings through the allocator: five
+models of different sizes interleaved in one glibc heap fragment it, and CapsNet's step then
+pays page faults for memory the heap keeps growing into. Measured here (CapsNet and the stem in
+processes of their own, stepped in turn, batch 64): CapsNet's step took 1.23x the stem's while
+its heap was still growing (1-20 steps in, thousands of page faults per step) and 1.17-1.18x
+once it had stopped (after 60-100 steps); inside the shared process, 1.26-1.29x. A training
+run trains one model per process, so each compared model gets one here:
+- every worker builds the same weights from the seed (reference (a) copies our CapsNet's);
+- `settle` steps a model for a minimum time and until its resident memory has stopped growing
+  for a few steps (the heap has reached the size it keeps), within a time cap, and says how
+  many steps that took;
+- `time_rounds` steps the models one after the other, two steps each per round of which the
+  second is timed, so load on the machine that comes and goes hits them all and divides out of
+  per-round ratios. Only one worker computes at a time; the others wait on their pipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+import traceback
+from typing import TYPE_CHECKING
+
+import torch
+
+from bench.references import BroadcastCapsNet, ConvStem
+from bench.runner import Runner, build_model
+from bench.timing import Timing, set_threads
+from models import cpu_kernels
+from models.capsnet import CapsNet
+from studies.cpu_allocator import pin_malloc_thresholds
+from studies.devices import resolve_device, synchronize
+
+if TYPE_CHECKING:
+    from bench.run import BenchOptions
+
+COMPARE_MODEL = "capsnet"
+REFERENCE_A = "reference_a_broadcast"
+REFERENCE_B = "reference_b_stem"
+COMPARE_CONV2D = "capsnet_conv2d"
+REFERENCE_B_CONV2D = "reference_b_stem_conv2d"
+# In the order they are timed in a round: each model next to the stem it is compared with.
+COMPARED = (COMPARE_MODEL, REFERENCE_B, REFERENCE_A, COMPARE_CONV2D, REFERENCE_B_CONV2D)
+
+# Resident-memory growth below this per step counts as settled (Python's own small objects).
+_SETTLED_GROWTH_BYTES = 256 << 10
+# How long a worker may take to start (import torch, build its model) or answer one command.
+_REPLY_TIMEOUT_S = 900.0
+
+
+def build_compared(name: str, options: "BenchOptions") -> torch.nn.Module:
+    """One of COMPARED, with weights drawn from the options' seed (the same in every process)."""
+    torch.manual_seed(options.seed)
+    ours = build_model(COMPARE_MODEL, options)
+    # The same two with nn.Conv2d for PrimaryCaps separate the routing's gain from the DFT's.
+    conv2d_config = dataclasses.replace(ours.config, primary_conv="direct")
+    if name == COMPARE_MODEL:
+        return ours
+    if name == REFERENCE_A:
+        return BroadcastCapsNet(ours.config).copy_from(ours)
+    if name == REFERENCE_B:
+        return ConvStem(ours.config)
+    if name == COMPARE_CONV2D:
+        ours_conv2d = CapsNet(conv2d_config)
+        ours_conv2d.load_state_dict(ours.state_dict())
+        return ours_conv2d
+    if name == REFERENCE_B_CONV2D:
+        return ConvStem(conv2d_config)
+    raise ValueError(f"unknown compared model {name!r}; valid: {', '.join(COMPARED)}")
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # not Linux
+        return None
+
+
+def settle(step, device: torch.device, min_seconds: float, max_seconds: float, max_steps: int,
+           quiet_steps: int = 5) -> int:
+    """Run `step` for at least `min_seconds` and until the process's resident memory has not grown
+    for `quiet_steps` steps in a row, but stop after `max_steps` steps or `max_seconds`; return the
+    number of steps. The minimum time matters: a CapsNet heap grows in bursts with lulls of a few
+    steps between them in its first ~75 steps. Where resident memory cannot be read, only the
+    time and step limits apply."""
+    started = time.perf_counter()
+    peak = _resident_bytes()
+    steps = quiet = 0
+    while steps < max_steps:
+        step()
+        synchronize(device)
+        steps += 1
+        now = _resident_bytes()
+        if peak is not None and now is not None and now > peak + _SETTLED_GROWTH_BYTES:
+            peak, quiet = now, 0
+        else:
+            quiet += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= max_seconds or (elapsed >= min_seconds and quiet >= quiet_steps):
+            break
+    return steps
+
+
+def _serve(connection, name: str, options: "BenchOptions", batch: int) -> None:
+    """A worker: builds its model, then answers commands until "stop"."""
+    try:
+        pin_malloc_thresholds()
+        set_threads(options.threads)
+        device = resolve_device(options.device)
+        runner = Runner(build_compared(name, options), batch, options, device)
+        connection.send(("ok", None))
+    except BaseException:
+        connection.send(("error", traceback.format_exc(limit=-3)))
+        return
+    while True:
+        command, *args = connection.recv()
+        if command == "stop":
+            return
+        try:
+            if command == "settle":
+                mode, min_seconds, max_seconds, max_steps = args
+                reply = settle(runner.step(mode), device, min_seconds, max_seconds, max_steps)
+            elif command == "time":
+                (mode,) = args
+                step = runner.step(mode)
+                # The step after a pause runs on cold caches and idle cores (measured here: 8% slower
+                # for CapsNet and the stem, 27% for reference (a)); in training steps follow each
+                # other, so the timed step follows an untimed one.
+                step()
+                synchronize(device)
+                started = time.perf_counter()
+                step()
+                synchronize(device)
+                reply = time.perf_counter() - started
+            elif command == "describe":
+                (mode,) = args
+                reply = runner.describe(mode)
+            else:
+                raise ValueError(f"unknown command {command!r}")
+            connection.send(("ok", reply))
+        except BaseException:
+            connection.send(("error", traceback.format_exc(limit=-3)))
+
+
+class Lockstep:
+    """Worker processes, one per compared model; use as a context manager (it stops them)."""
+
+    def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int):
+        # Build the C++ kernels here once, not in five workers at the same time.
+        cpu_kernels.module()
+        context = multiprocessing.get_context("spawn")  # fork would copy this process's heap and threads
+        self.workers = {}
+        for name in names:
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_serve, args=(theirs, name, options, batch), daemon=True)
+            process.start()
+            theirs.close()
+            self.workers[name] = (process, ours)
+        try:
+            for name in names:
+                self._reply(name)
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, name: str):
+        process, connection = self.workers[name]
+        try:
+            if not connection.poll(_REPLY_TIMEOUT_S):
+                raise RuntimeError(f"the benchmark worker for {name} did not answer in {_REPLY_TIMEOUT_S:.0f} s")
+            status, value = connection.recv()
+        except (EOFError, ConnectionError):
+            raise RuntimeError(f"the benchmark worker for {name} exited (code {process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(f"the benchmark worker for {name} failed:\n{value}")
+        return value
+
+    def ask(self, name: str, *command):
+        self.workers[name][1].send(command)
+        return self._reply(name)
+
+    def settle(self, names, mode: str, min_seconds: float, max_seconds: float, max_steps: int) -> dict[str, int]:
+        """Settle each model in turn (one at a time, so none is slowed by another); steps taken."""
+        return {name: self.ask(name, "settle", mode, min_seconds, max_seconds, max_steps) for name in names}
+
+    def time_rounds(self, names, mode: str, rounds: int) -> dict[str, Timing]:
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(rounds):
+            for name in names:
+                times[name].append(self.ask(name, "time", mode))
+        return {name: Timing(values) for name, values in times.items()}
+
+    def close(self) -> None:
+        for process, connection in self.workers.values():
+            try:
+                connection.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        for process, connection in self.workers.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            connection.close()
+
+    def __enter__(self) -> "Lockstep":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

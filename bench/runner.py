@@ -1,0 +1,84 @@
+"""One model on a device with the callables a benchmark row times: a training step, an inference pass."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+import models
+from bench.timing import count_flops
+from models.dft_conv import direct_convolutions
+from studies.devices import autocast
+from studies.optimizer import adam
+
+if TYPE_CHECKING:
+    from bench.run import BenchOptions
+
+
+def build_model(name: str, options: "BenchOptions") -> torch.nn.Module:
+    """A registered model at the options' image size (and routing iterations, for CapsNet)."""
+    config = {"input_size": options.image_size}
+    if options.routing_iters is not None and "routing_iters" in models.option_names(name):
+        config["routing_iters"] = options.routing_iters
+    return models.create(name, **config)
+
+
+class Runner:
+    """A model, a fixed random batch and Adam on the device; `step(mode)` is what a row times."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, options: "BenchOptions", device: torch.device,
+                 flop_counts: dict | None = None):
+        generator = torch.Generator(device="cpu").manual_seed(options.seed)
+        channels = getattr(getattr(model, "config", None), "in_channels", 1)
+        size = options.image_size
+        images = torch.rand(batch, channels, size, size, generator=generator)
+        labels = torch.randint(0, 10, (batch,), generator=generator)
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.model = model.to(device)
+        if options.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.images = self.images.contiguous(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if options.compile else self.model
+        self.optimizer = adam(self.model.parameters(), lr=1e-3)  # the trainer's optimiser
+        self.device, self.bf16 = device, options.bf16
+        self.flop_counts = {} if flop_counts is None else flop_counts
+
+    def train_step(self, forward=None) -> None:
+        forward = forward or self.forward
+        self.model.train()
+        with autocast(self.device, self.bf16):
+            output = forward(self.images, self.labels)
+            loss = self.model.loss(output, self.images, self.labels).total
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def infer(self, forward=None) -> None:
+        forward = forward or self.forward
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device, self.bf16):
+            forward(self.images)
+
+    def step(self, mode: str) -> Callable[[], None]:
+        return self.train_step if mode == "train" else self.infer
+
+    def flops_per_image(self, mode: str) -> int:
+        # The network's nominal FLOPs: counted on the eager model (the compiled one computes the
+        # same products) with direct convolutions, where CapsNet's DFT path needs about a third.
+        # Every counted product grows with the batch, so one count per network and mode serves
+        # all batch sizes (`flop_counts` is shared by the rows of one benchmark run).
+        key = (type(self.model), getattr(self.model, "config", None), mode)
+        if key not in self.flop_counts:
+            fn = self.step(mode)
+            with direct_convolutions():
+                self.flop_counts[key] = count_flops(lambda: fn(self.model)) // self.images.shape[0]
+        return self.flop_counts[key]
+
+    def describe(self, mode: str) -> dict:
+        """The row columns that describe the network rather than its speed."""
+        config = getattr(self.model, "config", None)
+        return {
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "flops_per_image": self.flops_per_image(mode),
+            "routing_iters": getattr(config, "routing_iters", None),
+        }

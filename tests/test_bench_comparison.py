@@ -1,0 +1,68 @@
+"""The routing comparison's worker processes and their warm-up rule (bench/comparison.py)."""
+import time
+
+import pytest
+import torch
+
+from bench.comparison import COMPARED, REFERENCE_A, Lockstep, build_compared, settle
+from bench.run import BenchOptions
+
+CPU = torch.device("cpu")
+
+
+def _options(**changes):
+    return BenchOptions(profile="smoke", models=("capsnet",), batch_sizes=(2,), device="cpu", threads=1, **changes)
+
+
+class _GrowingStep:
+    """Keeps `grow_for` blocks of 8 MB alive, one more per step, then allocates nothing."""
+
+    def __init__(self, grow_for: int):
+        self.grow_for, self.kept, self.calls = grow_for, [], 0
+
+    def __call__(self):
+        self.calls += 1
+        if len(self.kept) < self.grow_for:
+            self.kept.append(torch.ones(2 << 20))  # 8 MB, touched
+
+
+def test_settle_waits_until_memory_stops_growing():
+    step = _GrowingStep(grow_for=6)
+    steps = settle(step, CPU, min_seconds=0.0, max_seconds=60.0, max_steps=100, quiet_steps=4)
+    assert steps == 6 + 4  # six growing steps, then four quiet ones
+
+
+def test_settle_keeps_going_for_the_minimum_time_and_stops_at_the_caps():
+    started = time.perf_counter()
+    steps = settle(lambda: time.sleep(0.01), CPU, min_seconds=0.3, max_seconds=60.0, max_steps=1000)
+    assert time.perf_counter() - started >= 0.3 and steps >= 20
+    assert settle(_GrowingStep(grow_for=50), CPU, min_seconds=0.0, max_seconds=60.0, max_steps=7) == 7
+    assert settle(lambda: time.sleep(0.05), CPU, min_seconds=100.0, max_seconds=0.2, max_steps=1000) <= 6
+
+
+def test_every_worker_builds_the_same_weights():
+    ours, again = build_compared("capsnet", _options()), build_compared("capsnet", _options())
+    for a, b in zip(ours.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    reference = build_compared(REFERENCE_A, _options())
+    assert torch.equal(reference.conv1.weight, ours.conv1.weight)
+    with pytest.raises(ValueError, match="unknown compared model 'resnet'"):
+        build_compared("resnet", _options())
+
+
+def test_lockstep_times_each_model_in_its_own_process():
+    names = COMPARED[:2]
+    with Lockstep(names, _options(), batch=2) as workers:
+        pids = {workers.workers[name][0].pid for name in names}
+        assert len(pids) == 2
+        assert workers.settle(names, "train", 0.0, 5.0, 2) == dict.fromkeys(names, 2)
+        timings = workers.time_rounds(names, "train", 3)
+        assert all(len(timings[name].times) == 3 and min(timings[name].times) > 0 for name in names)
+        described = workers.ask(names[0], "describe", "train")
+        assert described["params"] == 8_215_568 and described["routing_iters"] == 3
+    assert all(not process.is_alive() for process, _ in workers.workers.values())
+
+
+def test_a_failing_worker_is_an_error_naming_it_not_a_hang():
+    with pytest.raises(RuntimeError, match="worker for resnet failed"):
+        Lockstep(("capsnet", "resnet"), _options(), batch=2)
