@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from typing import TYPE_CHECKING
@@ -81,10 +82,10 @@ def _resident_bytes() -> int | None:
 
 
 def settle(step, device: torch.device, min_seconds: float, max_seconds: float, max_steps: int,
-           quiet_steps: int = 5) -> int:
+           quiet_steps: int = 5) -> tuple[int, bool]:
     """Run `step` for at least `min_seconds` and until the process's resident memory has not grown
     for `quiet_steps` steps in a row, but stop after `max_steps` steps or `max_seconds`; return the
-    number of steps. The minimum time matters: a CapsNet heap grows in bursts with lulls of a few
+    number of steps and whether memory had settled. The minimum time matters: a CapsNet heap grows in bursts with lulls of a few
     steps between them in its first ~75 steps. Where resident memory cannot be read, only the
     time and step limits apply."""
     started = time.perf_counter()
@@ -100,24 +101,31 @@ def settle(step, device: torch.device, min_seconds: float, max_seconds: float, m
         else:
             quiet += 1
         elapsed = time.perf_counter() - started
-        if elapsed >= max_seconds or (elapsed >= min_seconds and quiet >= quiet_steps):
+        if elapsed >= min_seconds and quiet >= quiet_steps:
+            return steps, True
+        if elapsed >= max_seconds:
             break
-    return steps
+    return steps, False
 
 
 def _serve(connection, name: str, options: "BenchOptions", batch: int) -> None:
-    """A worker: builds its model, then answers commands until "stop"."""
+    """A worker: builds its model, then answers commands until "stop" (or its parent is gone)."""
+    # Ctrl-C reaches every process of the terminal; the parent stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         pin_malloc_thresholds()
         set_threads(options.threads)
         device = resolve_device(options.device)
         runner = Runner(build_compared(name, options), batch, options, device)
         connection.send(("ok", None))
-    except BaseException:
+    except Exception:
         connection.send(("error", traceback.format_exc(limit=-3)))
         return
     while True:
-        command, *args = connection.recv()
+        try:
+            command, *args = connection.recv()
+        except EOFError:
+            return
         if command == "stop":
             return
         try:
@@ -142,7 +150,7 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int) -> None:
             else:
                 raise ValueError(f"unknown command {command!r}")
             connection.send(("ok", reply))
-        except BaseException:
+        except Exception:
             connection.send(("error", traceback.format_exc(limit=-3)))
 
 
@@ -150,17 +158,17 @@ class Lockstep:
     """Worker processes, one per compared model; use as a context manager (it stops them)."""
 
     def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int):
-        # Build the C++ kernels here once, not in five workers at the same time.
-        cpu_kernels.module()
+        if resolve_device(options.device).type == "cpu":
+            cpu_kernels.module()  # a build (or its warning) here once, not in every worker
         context = multiprocessing.get_context("spawn")  # fork would copy this process's heap and threads
         self.workers = {}
-        for name in names:
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, name, options, batch), daemon=True)
-            process.start()
-            theirs.close()
-            self.workers[name] = (process, ours)
         try:
+            for name in names:
+                ours, theirs = context.Pipe()
+                process = context.Process(target=_serve, args=(theirs, name, options, batch), daemon=True)
+                process.start()
+                theirs.close()
+                self.workers[name] = (process, ours)
             for name in names:
                 self._reply(name)
         except BaseException:
@@ -174,6 +182,7 @@ class Lockstep:
                 raise RuntimeError(f"the benchmark worker for {name} did not answer in {_REPLY_TIMEOUT_S:.0f} s")
             status, value = connection.recv()
         except (EOFError, ConnectionError):
+            process.join(timeout=5)
             raise RuntimeError(f"the benchmark worker for {name} exited (code {process.exitcode})") from None
         if status == "error":
             raise RuntimeError(f"the benchmark worker for {name} failed:\n{value}")
@@ -183,8 +192,8 @@ class Lockstep:
         self.workers[name][1].send(command)
         return self._reply(name)
 
-    def settle(self, names, mode: str, min_seconds: float, max_seconds: float, max_steps: int) -> dict[str, int]:
-        """Settle each model in turn (one at a time, so none is slowed by another); steps taken."""
+    def settle(self, names, mode: str, min_seconds: float, max_seconds: float, max_steps: int) -> dict[str, tuple]:
+        """Settle each model in turn (one at a time, so none is slowed by another): (steps, settled)."""
         return {name: self.ask(name, "settle", mode, min_seconds, max_seconds, max_steps) for name in names}
 
     def time_rounds(self, names, mode: str, rounds: int) -> dict[str, Timing]:

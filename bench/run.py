@@ -205,6 +205,12 @@ def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> l
     return rows
 
 
+def _ratio_over_shared_rounds(numerator: Timing, denominator: Timing) -> float:
+    """The paired ratio over the rounds both ran in: the first ones (the stem rounds come last)."""
+    rounds = min(len(numerator.times), len(denominator.times))
+    return paired_ratio(Timing(numerator.times[:rounds]), Timing(denominator.times[:rounds]))
+
+
 def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
     """CapsNet vs reference (a) and the convolution stem (b): each in a process of its own, settled,
     then timed in turn (bench/comparison.py)."""
@@ -235,15 +241,17 @@ def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
             if mode == "train":
                 our_step_s = timings[COMPARE_MODEL].median
             for name in sorted(names, key=ROUTING_ROW_ORDER.index):
-                row = _row("routing", name, batch, mode, timings[name], settled[name],
+                warmup_steps, memory_settled = settled[name]
+                row = _row("routing", name, batch, mode, timings[name], warmup_steps,
                            workers.ask(name, "describe", mode), None, env)
-                row["speedup_vs_reference_a"] = paired_ratio(timings[REFERENCE_A], timings[name])
+                row["speedup_vs_reference_a"] = _ratio_over_shared_rounds(timings[REFERENCE_A], timings[name])
                 # against the stem that computes its convolutions the same way
-                row["time_vs_stem"] = paired_ratio(timings[name], timings[CONV2D_STEM.get(name, REFERENCE_B)])
+                row["time_vs_stem"] = _ratio_over_shared_rounds(timings[name], timings[CONV2D_STEM.get(name, REFERENCE_B)])
                 rows.append(row)
                 _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
                      f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem "
-                     f"(after {settled[name]} warm-up steps)", log)
+                     f"(after {warmup_steps} warm-up steps, "
+                     f"{'memory settled' if memory_settled else 'memory still growing at the cap'})", log)
     rows.append(_data_row(options, device, env, batch, our_step_s, log))
     return rows
 
@@ -410,9 +418,9 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
             "public versions do; reference (b) is Conv1 + the PrimaryCaps layer alone (the floor), computed "
             "as our model computes it. In training, `capsnet_conv2d` and `reference_b_stem_conv2d` are the "
             "same two with nn.Conv2d for PrimaryCaps (the routing's gain alone; their time_vs_stem is "
-            "against the nn.Conv2d stem). All have the same weights and batch; each runs in a process of its "
-            "own, as in training, warmed up until its resident memory stops growing (warmup_runs steps, within "
-            "a time cap), then all are timed in turn, one step each per round (the second of two in a row), "
+            "against the nn.Conv2d stem). All have the same batch, and all but the stems our CapsNet's weights; "
+            "each runs in a process of its own, as in training, warmed up until its resident memory stops "
+            "growing (warmup_runs steps in that mode, within a time cap), then all are timed in turn, one step each per round (the second of two in a row), "
             "each model next to its stem; in training, more rounds without reference (a) follow for the ratio "
             "to the stem (runs says how many rounds a row had). speedup_vs_reference_a and time_vs_stem are "
             "medians over the rounds of the ratio within a round, so load that comes and goes divides out.",

@@ -8,6 +8,7 @@ import torch
 import models
 from bench.timing import count_flops
 from models.dft_conv import direct_convolutions
+from models.routing_sweeps import torch_sweeps
 from studies.devices import autocast
 from studies.optimizer import adam
 
@@ -64,13 +65,14 @@ class Runner:
 
     def flops_per_image(self, mode: str) -> int:
         # The network's nominal FLOPs: counted on the eager model (the compiled one computes the
-        # same products) with direct convolutions, where CapsNet's DFT path needs about a third.
+        # same products) with direct convolutions, where CapsNet's DFT path needs about a third,
+        # and with routing on PyTorch ops (the counter cannot see into the C++ vote product).
         # Every counted product grows with the batch, so one count per network and mode serves
         # all batch sizes (`flop_counts` is shared by the rows of one benchmark run).
         key = (type(self.model), getattr(self.model, "config", None), mode)
         if key not in self.flop_counts:
             fn = self.step(mode)
-            with direct_convolutions():
+            with direct_convolutions(), torch_sweeps():
                 self.flop_counts[key] = count_flops(lambda: fn(self.model)) // self.images.shape[0]
         return self.flop_counts[key]
 

@@ -63,8 +63,8 @@ def paired_ratio(numerator: Timing, denominator: Timing) -> float:
     """Median over rounds of numerator / denominator, for two Timings whose i-th runs were taken
     in the same round, seconds apart (`bench.comparison.Lockstep.time_rounds`): load on the
     machine that comes and goes divides out of each ratio (a ratio of medians can pair a quiet
-    run with a loaded one). Where one ran in more rounds (the later ones), over the rounds both ran."""
-    return statistics.median(a / b for a, b in zip(numerator.times, denominator.times))
+    run with a loaded one)."""
+    return statistics.median(a / b for a, b in zip(numerator.times, denominator.times, strict=True))
 
 
 def time_runs(

@@ -214,7 +214,8 @@ class _RouteVotes(torch.autograd.Function):
 
 
 class _VotesAndRoute(torch.autograd.Function):
-    """u_hat = W u as one bmm over children, then routing; the backward is fused the same way."""
+    """u_hat = W u as one batched product over children (`votes_and_sum`), then routing; the
+    backward forms the vote gradient block by block and feeds it to two bmm."""
 
     @staticmethod
     def forward(ctx, u_t, weight_t, parents, iters, detach_inner, couplings, workspace):

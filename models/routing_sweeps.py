@@ -99,9 +99,9 @@ def _use_kernel(votes: torch.Tensor) -> bool:
 
 def votes_and_sum(weight_t, u_t, votes) -> torch.Tensor:
     """Writes the votes u_hat_i = W_i u_i into votes (children, rows, batch) and returns their sum
-    over the children (rows, batch). weight_t (children, rows, inner) and u_t (children, inner,
-    batch) must be contiguous."""
-    if _use_kernel(votes):
+    over the children (rows, batch); weight_t is (children, rows, inner), u_t (children, inner,
+    batch)."""
+    if _use_kernel(votes) and cpu_kernels.usable(weight_t, u_t) and votes.is_contiguous():
         return cpu_kernels.module().votes_and_sum(weight_t.contiguous(), u_t.contiguous(), votes)
     return _torch_votes_and_sum(weight_t, u_t, votes)
 

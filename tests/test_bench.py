@@ -69,9 +69,10 @@ def test_routing_comparison_and_data_rows(smoke_rows):
     assert all(row["warmup_runs"] == 2 for row in routing.values())
     assert routing[("reference_a_broadcast", "train")]["speedup_vs_reference_a"] == pytest.approx(1.0)
     assert routing[("reference_b_stem", "train")]["time_vs_stem"] == pytest.approx(1.0)
-    # Same network, same products: reference (a) and ours count the same FLOPs.
+    # Same network, same products: reference (a) and ours count the same FLOPs (ours with the
+    # routing on PyTorch ops, where the counter sees the vote product).
     ours, ref = routing[("capsnet", "train")], routing[("reference_a_broadcast", "train")]
-    assert ours["flops_per_image"] == pytest.approx(ref["flops_per_image"], rel=0.01)
+    assert ours["flops_per_image"] == ref["flops_per_image"]
     data = [r for r in smoke_rows if r["section"] == "data"]
     assert len(data) == 1 and data[0]["share_of_step_pct"] > 0
 

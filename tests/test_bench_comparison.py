@@ -15,7 +15,9 @@ def _options(**changes):
 
 
 class _GrowingStep:
-    """Keeps `grow_for` blocks of 8 MB alive, one more per step, then allocates nothing."""
+    """Keeps `grow_for` blocks of 40 MB alive, one more per step, then allocates nothing. Above
+    glibc's 32 MB mmap ceiling, so each is fresh memory even where earlier tests left the heap
+    with free space."""
 
     def __init__(self, grow_for: int):
         self.grow_for, self.kept, self.calls = grow_for, [], 0
@@ -23,21 +25,22 @@ class _GrowingStep:
     def __call__(self):
         self.calls += 1
         if len(self.kept) < self.grow_for:
-            self.kept.append(torch.ones(2 << 20))  # 8 MB, touched
+            self.kept.append(torch.ones(10 << 20))  # touched
 
 
 def test_settle_waits_until_memory_stops_growing():
     step = _GrowingStep(grow_for=6)
     steps = settle(step, CPU, min_seconds=0.0, max_seconds=60.0, max_steps=100, quiet_steps=4)
-    assert steps == 6 + 4  # six growing steps, then four quiet ones
+    assert steps == (6 + 4, True)  # six growing steps, then four quiet ones
 
 
 def test_settle_keeps_going_for_the_minimum_time_and_stops_at_the_caps():
     started = time.perf_counter()
-    steps = settle(lambda: time.sleep(0.01), CPU, min_seconds=0.3, max_seconds=60.0, max_steps=1000)
-    assert time.perf_counter() - started >= 0.3 and steps >= 20
-    assert settle(_GrowingStep(grow_for=50), CPU, min_seconds=0.0, max_seconds=60.0, max_steps=7) == 7
-    assert settle(lambda: time.sleep(0.05), CPU, min_seconds=100.0, max_seconds=0.2, max_steps=1000) <= 6
+    steps, settled = settle(lambda: time.sleep(0.01), CPU, min_seconds=0.3, max_seconds=60.0, max_steps=1000)
+    assert time.perf_counter() - started >= 0.3 and steps >= 20 and settled
+    assert settle(_GrowingStep(grow_for=50), CPU, min_seconds=0.0, max_seconds=60.0, max_steps=7) == (7, False)
+    steps, settled = settle(lambda: time.sleep(0.05), CPU, min_seconds=100.0, max_seconds=0.2, max_steps=1000)
+    assert steps <= 6 and not settled
 
 
 def test_every_worker_builds_the_same_weights():
@@ -55,7 +58,7 @@ def test_lockstep_times_each_model_in_its_own_process():
     with Lockstep(names, _options(), batch=2) as workers:
         pids = {workers.workers[name][0].pid for name in names}
         assert len(pids) == 2
-        assert workers.settle(names, "train", 0.0, 5.0, 2) == dict.fromkeys(names, 2)
+        assert {name: steps for name, (steps, _) in workers.settle(names, "train", 0.0, 5.0, 2).items()} == dict.fromkeys(names, 2)
         timings = workers.time_rounds(names, "train", 3)
         assert all(len(timings[name].times) == 3 and min(timings[name].times) > 0 for name in names)
         described = workers.ask(names[0], "describe", "train")

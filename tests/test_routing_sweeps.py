@@ -51,6 +51,8 @@ def test_forward_sweep_softmax_holds_for_extreme_logits(kernel):
     coupling = torch.empty_like(logits)
     forward_sweep(votes, torch.zeros(1, 3 * 2), logits.clone(), coupling, 3)
     torch.testing.assert_close(coupling, torch.softmax(logits.double(), dim=1).float(), rtol=3e-7, atol=1e-30)
+    # below e^-87 a coupling is 0, not a subnormal
+    assert (coupling[0, 2] == 0).all() and (coupling[2, 0] == 0).all()
 
 
 def test_votes_and_sum_match_torch_ops(kernel):

@@ -11,7 +11,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -49,20 +48,21 @@ class ChunkSums {
 // x = n ln2 + r with ln2 split in two parts, then a degree-7 polynomial for e^r on |r| <= ln2 / 2
 // (the Cephes expf coefficients), then 2^n from the exponent bits: within 1.02 ulp of the exact
 // value for every float in [-87, 0] (checked exhaustively against double-precision exp). Below
-// -87, where e^x underflows float32's normal range, it returns e^-87 (1.6e-38): next to the
-// peak's 1 that is 0 in the sum.
+// -87, where e^x leaves float32's normal range, it returns 0 (no subnormal couplings, which
+// would slow every product with them).
 inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  const float clamped = std::max(x, -87.0f);  // keeps the exponent bits below in range
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float power = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  return (p * r * r + r + 1.0f) * power;
+  const float power = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);  // C++17 too
+  const float e = (p * r * r + r + 1.0f) * power;
+  return x >= -87.0f ? e : 0.0f;
 }
 
 inline void check_sweep_shapes(const at::Tensor& votes, int64_t parents) {
