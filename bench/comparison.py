@@ -2,11 +2,12 @@
 
 Sharing one process let the models disturb each other's timings through the allocator: five
 models of different sizes interleaved in one glibc heap fragment it, and CapsNet's step then
-pays page faults for memory the heap keeps growing into. Measured here (CapsNet and the stem in
-processes of their own, stepped in turn, batch 64): CapsNet's step took 1.23x the stem's while
-its heap was still growing (1-20 steps in, thousands of page faults per step) and 1.17-1.18x
-once it had stopped (after 60-100 steps); inside the shared process, 1.26-1.29x. A training
-run trains one model per process, so each compared model gets one here:
+pays page faults for memory the heap keeps growing into. Measured here with throwaway scripts
+(CapsNet and the stem in processes of their own, stepped in turn, batch 64, 20-30 rounds):
+CapsNet's step took 1.18-1.23x the stem's while its heap was still growing (thousands of page
+faults per step) and 1.17-1.20x after 60-100 warm-up steps; the shared process of the previous
+protocol measured anywhere from 1.15x to 1.29x from run to run. A training run trains one model
+per process, so each compared model gets one here:
 - every worker builds the same weights from the seed (reference (a) copies our CapsNet's);
 - `settle` steps a model for a minimum time and until its resident memory has stopped growing
   for a few steps (the heap has reached the size it keeps), within a time cap, and says how
@@ -85,9 +86,9 @@ def settle(step, device: torch.device, min_seconds: float, max_seconds: float, m
            quiet_steps: int = 5) -> tuple[int, bool]:
     """Run `step` for at least `min_seconds` and until the process's resident memory has not grown
     for `quiet_steps` steps in a row, but stop after `max_steps` steps or `max_seconds`; return the
-    number of steps and whether memory had settled. The minimum time matters: a CapsNet heap grows in bursts with lulls of a few
-    steps between them in its first ~75 steps. Where resident memory cannot be read, only the
-    time and step limits apply."""
+    number of steps and whether memory had settled. The minimum time matters: a CapsNet heap
+    grows in bursts, with lulls of a few steps between them, in its first ~75 training steps.
+    Where resident memory cannot be read, only the time and step limits apply."""
     started = time.perf_counter()
     peak = _resident_bytes()
     steps = quiet = 0
