@@ -8,7 +8,7 @@ with block temporaries (`_torch_*`, blocked for the last-level cache); on the CP
 kernel (models/csrc/routing_sweeps.h, built by `models.cpu_kernels`) does the same arithmetic
 in one pass per child, which measured 4.7 vs 6.8 ms forward and 4.0 vs 8.2 ms backward per
 iteration at batch 64 on this project's 2-core CPU; with its exponentials vectorised, 3.7 vs
-7.8 ms forward (4.5 ms before, same run). The votes themselves (`votes_and_sum`) come from a
+7.8 ms forward (4.5 ms before, measured just before). The votes themselves (`votes_and_sum`) come from a
 kernel that also sums them for the first iteration while they are in cache: 5.3 ms against
 6.5 ms for a batched GEMM and a sum. Off the CPU, for other dtypes, where the kernels cannot be
 built and inside `torch_sweeps()`, the PyTorch version runs; both compute the same function
