@@ -109,7 +109,7 @@ def settle(step, device: torch.device, min_seconds: float, max_seconds: float, m
     return steps, False
 
 
-def _serve(connection, name: str, options: "BenchOptions", batch: int) -> None:
+def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_counts: dict) -> None:
     """A worker: builds its model, then answers commands until "stop" (or its parent is gone)."""
     # Ctrl-C reaches every process of the terminal; the parent stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -117,7 +117,7 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int) -> None:
         pin_malloc_thresholds()
         set_threads(options.threads)
         device = resolve_device(options.device)
-        runner = Runner(build_compared(name, options), batch, options, device)
+        runner = Runner(build_compared(name, options), batch, options, device, flop_counts)
         connection.send(("ok", None))
     except Exception:
         connection.send(("error", traceback.format_exc(limit=-3)))
@@ -156,9 +156,11 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int) -> None:
 
 
 class Lockstep:
-    """Worker processes, one per compared model; use as a context manager (it stops them)."""
+    """Worker processes, one per compared model; use as a context manager (it stops them).
+    `flop_counts` (`Runner`'s cache, e.g. from the models section) spares the workers counting
+    again what the caller has counted."""
 
-    def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int):
+    def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int, flop_counts: dict | None = None):
         if resolve_device(options.device).type == "cpu":
             cpu_kernels.module()  # a build (or its warning) here once, not in every worker
         context = multiprocessing.get_context("spawn")  # fork would copy this process's heap and threads
@@ -166,7 +168,8 @@ class Lockstep:
         try:
             for name in names:
                 ours, theirs = context.Pipe()
-                process = context.Process(target=_serve, args=(theirs, name, options, batch), daemon=True)
+                process = context.Process(target=_serve, args=(theirs, name, options, batch, dict(flop_counts or {})),
+                                          daemon=True)
                 process.start()
                 theirs.close()
                 self.workers[name] = (process, ours)

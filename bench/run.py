@@ -88,7 +88,8 @@ class Profile:
 PROFILES = {
     "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
                      settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5),
-    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5, stem_rounds=12,
+    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5,
+                     stem_rounds=12,
                      settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
                      data_repeats=50),
     "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64,
@@ -211,7 +212,7 @@ def _ratio_over_shared_rounds(numerator: Timing, denominator: Timing) -> float:
     return paired_ratio(Timing(numerator.times[:rounds]), Timing(denominator.times[:rounds]))
 
 
-def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
+def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> list[dict]:
     """CapsNet vs reference (a) and the convolution stem (b): each in a process of its own, settled,
     then timed in turn (bench/comparison.py)."""
     profile = PROFILES[options.profile]
@@ -222,7 +223,7 @@ def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
     compared = tuple(name for name in COMPARED if profile.conv2d_pair or name not in conv2d_pair)
     rows = []
     our_step_s = 0.0
-    with Lockstep(compared, options, batch) as workers:
+    with Lockstep(compared, options, batch, flop_counts) as workers:
         for mode in ("train", "infer"):
             # The nn.Conv2d pair in training only: at inference `auto` takes nn.Conv2d anyway.
             names = [name for name in compared if mode == "train" or name not in conv2d_pair]
@@ -232,13 +233,12 @@ def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
             min_s = profile.settle_min_s if mode == "train" else 0.0
             settled = workers.settle(names, mode, min_s, profile.settle_max_s, profile.settle_steps)
             timings = workers.time_rounds(names, mode, profile.compare_rounds)
-            if mode == "train" and profile.stem_rounds:
+            if mode == "train":
                 # A step's time varies by +-10% from one step to the next here, so the ratio to the
                 # stem needs more rounds than the 2x margin over reference (a), whose steps cost 5x.
                 ours = [name for name in names if name != REFERENCE_A]
                 more = workers.time_rounds(ours, mode, profile.stem_rounds)
                 timings.update({name: Timing(timings[name].times + more[name].times) for name in ours})
-            if mode == "train":
                 our_step_s = timings[COMPARE_MODEL].median
             for name in sorted(names, key=ROUTING_ROW_ORDER.index):
                 warmup_steps, memory_settled = settled[name]
@@ -246,7 +246,8 @@ def _routing_rows(options: BenchOptions, device, env, log) -> list[dict]:
                            workers.ask(name, "describe", mode), None, env)
                 row["speedup_vs_reference_a"] = _ratio_over_shared_rounds(timings[REFERENCE_A], timings[name])
                 # against the stem that computes its convolutions the same way
-                row["time_vs_stem"] = _ratio_over_shared_rounds(timings[name], timings[CONV2D_STEM.get(name, REFERENCE_B)])
+                stem = CONV2D_STEM.get(name, REFERENCE_B)
+                row["time_vs_stem"] = _ratio_over_shared_rounds(timings[name], timings[stem])
                 rows.append(row)
                 _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
                      f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem "
@@ -295,7 +296,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         flop_counts: dict = {}
         rows = _model_rows(options, device, env, log, flop_counts)
         if options.references:
-            rows += _routing_rows(options, device, env, log)
+            rows += _routing_rows(options, device, env, log, flop_counts)
     finally:  # a library call must not leave the caller's process on other thread counts
         torch.set_num_threads(caller_threads)
     return rows
@@ -386,7 +387,8 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
                    "image_size", "profile"]
     measured = ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "step_ms_q25", "step_ms_q75",
-                "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb", "memory_kind", "routing_iters"]
+                "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
+                "memory_kind", "routing_iters"]
     frame = frame.astype(object).where(frame.notna(), "")
     parts = [
         f"# Throughput: {stem}",
@@ -420,12 +422,14 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
             "same two with nn.Conv2d for PrimaryCaps (the routing's gain alone; their time_vs_stem is "
             "against the nn.Conv2d stem). All have the same batch, and all but the stems our CapsNet's weights; "
             "each runs in a process of its own, as in training, warmed up until its resident memory stops "
-            "growing (warmup_runs steps in that mode, within a time cap), then all are timed in turn, one step each per round (the second of two in a row), "
-            "each model next to its stem; in training, more rounds without reference (a) follow for the ratio "
-            "to the stem (runs says how many rounds a row had). speedup_vs_reference_a and time_vs_stem are "
-            "medians over the rounds of the ratio within a round, so load that comes and goes divides out.",
+            "growing (warmup_runs steps in that mode, within a time cap), then all are timed in turn, one step "
+            "each per round (the second of two in a row), each model next to its stem; in training, more "
+            "rounds without reference (a) follow for the ratio to the stem (runs says how many rounds a row "
+            "had). speedup_vs_reference_a and time_vs_stem are medians over the rounds of the ratio within a "
+            "round, so load that comes and goes divides out.",
             "",
-            _markdown(routing, ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "runs", "warmup_runs",
+            _markdown(routing, ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "runs",
+                                "warmup_runs",
                                 "speedup_vs_reference_a", "time_vs_stem", "params", "flops_per_image",
                                 "achieved_gflop_per_s", "routing_iters"]),
         ]

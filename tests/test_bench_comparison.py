@@ -58,7 +58,8 @@ def test_lockstep_times_each_model_in_its_own_process():
     with Lockstep(names, _options(), batch=2) as workers:
         pids = {workers.workers[name][0].pid for name in names}
         assert len(pids) == 2
-        assert {name: steps for name, (steps, _) in workers.settle(names, "train", 0.0, 5.0, 2).items()} == dict.fromkeys(names, 2)
+        settled = workers.settle(names, "train", 0.0, 5.0, 2)
+        assert {name: steps for name, (steps, _) in settled.items()} == dict.fromkeys(names, 2)
         timings = workers.time_rounds(names, "train", 3)
         assert all(len(timings[name].times) == 3 and min(timings[name].times) > 0 for name in names)
         described = workers.ask(names[0], "describe", "train")
