@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", help=f"comma-separated, default all: {', '.join(models.names())}")
     parser.add_argument("--batch-sizes", help="comma-separated, default the profile's")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the models")
     parser.add_argument("--routing-iters", help="CapsNet routing iterations (default: the paper's 3)")

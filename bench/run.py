@@ -47,7 +47,7 @@ from models import cpu_kernels
 from models.dft_conv import worthwhile
 from studies.augment import parse_augmentation
 from studies.cpu_allocator import pin_malloc_thresholds
-from studies.devices import device_name, resolve_device
+from studies.devices import check_bf16, cpu_bf16_isa, device_name, resolve_device
 
 # The reference numbers and targets of issue 5, set for this project's 2-core CPU at batch 64,
 # 28x28, 3 routing iterations, with decoder.
@@ -106,7 +106,8 @@ COLUMNS = [
     "section", "model", "batch", "mode", "images_per_s", "step_ms", "step_ms_q25", "step_ms_q75",
     "spread_iqr_pct", "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
     "memory_kind", "speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct", "routing_iters",
-    "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
+    "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "cpu_bf16_isa", "channels_last",
+    "cpu_kernels",
     "profile",
 ]
 
@@ -142,8 +143,8 @@ class BenchOptions:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         device = resolve_device(self.device)
-        if self.bf16 and device.type != "cuda":
-            raise ValueError("--bf16 (bf16 autocast) needs a CUDA device; this suite runs float32 on the CPU")
+        if self.bf16:
+            check_bf16(device)
         return dataclasses.replace(self, models=names, batch_sizes=sizes)
 
 
@@ -156,6 +157,8 @@ def _environment(options: BenchOptions, device: torch.device, threads: int) -> d
         "threads": threads,
         "compile": options.compile,
         "dtype": "bf16" if options.bf16 else "fp32",
+        # the CPU's bf16 matrix instructions (amx_bf16, avx512_bf16), or none
+        "cpu_bf16_isa": (cpu_bf16_isa() or "none") if device.type == "cpu" else "",
         "channels_last": options.channels_last,
         # "cpp": CapsNet's routing sweeps and DFT layouts ran in models/csrc's kernels, "torch": in
         # PyTorch ops
@@ -384,8 +387,8 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     csv_path = out / f"{stem}.csv"
     frame.to_csv(csv_path, index=False)
 
-    env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "channels_last", "cpu_kernels",
-                   "image_size", "profile"]
+    env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "cpu_bf16_isa", "channels_last",
+                   "cpu_kernels", "image_size", "profile"]
     measured = ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "step_ms_q25", "step_ms_q75",
                 "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
                 "memory_kind", "routing_iters"]

@@ -65,14 +65,22 @@ def direct_only() -> bool:
 
 def worthwhile(h: torch.Tensor) -> bool:
     """Where the DFT path beats nn.Conv2d: in training (the gain is all in the backward; a
-    forward alone runs at the same speed either way), float32 on the CPU (under CPU autocast
-    the input is bf16), batch >= MIN_BATCH. On CUDA cuDNN is left to do it."""
+    forward alone runs at the same speed either way), on the CPU, float32 or bf16 (CPU autocast),
+    batch >= MIN_BATCH. On CUDA cuDNN is left to do it."""
     return (
         torch.is_grad_enabled()
         and h.device.type == "cpu"
-        and h.dtype == torch.float32
+        and h.dtype in (torch.float32, torch.bfloat16)
         and h.shape[0] >= MIN_BATCH
     )
+
+
+def compute_dtype(h: torch.Tensor) -> torch.dtype:
+    """bf16 input (CPU autocast) is transformed, mixed and transformed back in bf16, on the matrix
+    units; anything else in at least float32."""
+    if h.dtype == torch.bfloat16:
+        return torch.bfloat16
+    return torch.promote_types(h.dtype, torch.float32)
 
 
 def _self_conjugate_columns(n: int) -> set[int]:
@@ -202,8 +210,7 @@ def stride2_conv_dft(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, works
                          f"on {tuple(h.shape)}")
     if h.shape[-1] % 2:  # a zero row and column at the far edge change no output of a stride-2 conv
         h = F.pad(h, (0, 1, 0, 1))
-    # At least float32, also under autocast (the out= products do not autocast, and bf16
-    # spectra would lose more than a bf16 convolution does); the layers after it cast as usual.
-    dtype = torch.promote_types(h.dtype, torch.float32)
+    # Autocast is off inside (the out= products do not autocast); the dtype is chosen here.
+    dtype = compute_dtype(h)
     with torch.autocast(h.device.type, enabled=False):
         return _Stride2ConvDFT.apply(h.to(dtype).contiguous(), w.to(dtype).contiguous(), bias.to(dtype), workspace)

@@ -33,7 +33,7 @@ def _add_train_parser(commands) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)")
     parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument("--no-progress", action="store_true")

@@ -32,7 +32,8 @@ class TrainConfig:
     lr_decay_steps: int = 2000
     seed: int = 0
     device: str = "auto"
-    # bf16 autocast; honoured on CUDA only (on CPU it is slower and changes numerics).
+    # bf16 autocast: on CUDA, or on a CPU with AMX or AVX512-BF16 (refused on other CPUs, where
+    # bf16 is emulated and slower). Routing and the capsule lengths stay float32.
     bf16: bool = False
     eval_batch_size: int = 500
     data_root: str | None = None

@@ -16,7 +16,7 @@ from studies import datasets
 from studies.augment import parse_augmentation
 from studies.config import TrainConfig
 from studies.cpu_allocator import pin_malloc_thresholds
-from studies.devices import autocast, device_name, resolve_device, synchronize
+from studies.devices import autocast, check_bf16, device_name, resolve_device, synchronize
 from studies.expanded import expanded_test_set, place_on_canvas
 from studies.optimizer import adam
 
@@ -170,6 +170,8 @@ def train(
     same configuration resumes from it: the same result as an uninterrupted run. `splits`, as
     `load_splits` returns them, spares a caller that needs them too a second load."""
     device = resolve_device(config.device)
+    if config.bf16:
+        check_bf16(device)
     pin_malloc_thresholds()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)

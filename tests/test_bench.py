@@ -119,7 +119,6 @@ def test_default_output_directory_is_results_profile(tmp_path, run_cli):
         (["--batch-sizes", "8,x"], "batch sizes must be integers, got 'x'"),
         (["--profile", "huge"], "unknown profile 'huge'"),
         (["--routing-iters", "0"], "routing iterations must be >= 1"),
-        (["--bf16", "--device", "cpu"], "needs a CUDA device"),
         (["--threads", "0"], "threads must be >= 1"),
     ],
 )
@@ -129,3 +128,26 @@ def test_bad_options_give_one_line_and_exit_2(args, fragment, tmp_path, run_cli)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], done.stderr
     assert not list(tmp_path.iterdir())  # nothing measured, nothing written
+
+
+def test_bf16_is_refused_on_a_cpu_without_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
+    from studies import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    done = run_cli("bench", "--bf16", "--device", "cpu", "--out", tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a CPU with AMX or AVX512-BF16" in lines[0], done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_bf16_on_a_cpu_with_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
+    from studies import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"amx_bf16", "avx512_bf16"}))
+    done = run_cli("bench", "--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "2", "--device", "cpu",
+                   "--bf16", "--no-references", "--json", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert {row["dtype"] for row in rows} == {"bf16"} and {row["cpu_bf16_isa"] for row in rows} == {"amx_bf16"}
+    assert (tmp_path / "throughput-cpu-bf16.md").exists()
