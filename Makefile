@@ -19,7 +19,7 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m models.build_kernels
+	$(BIN)/python -m models.cpu.build
 	touch $@
 
 setup: $(INSTALLED)

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import models
-from bench.run import PROFILES, BenchOptions, run_benchmark, summary_lines, write_tables
+from bench.options import PROFILES, BenchOptions
+from bench.run import run_benchmark, summary_lines, write_tables
+from models.cpu.allocator import pin_malloc_thresholds
+from studies.engine.storage import results_dir
 from studies.errors import USER_ERRORS
-from studies.storage import results_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -71,6 +73,7 @@ def options_from_args(args) -> BenchOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    pin_malloc_thresholds()  # process-wide, so set here: a row's speed must not depend on the rows before it
     try:
         options = options_from_args(args)
         out = Path(args.out) if args.out else results_dir(options.profile)

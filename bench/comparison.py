@@ -31,13 +31,13 @@ import torch
 from bench.references import BroadcastCapsNet, ConvStem
 from bench.runner import Runner, build_model
 from bench.timing import Timing, set_threads
-from models import cpu_kernels
 from models.capsnet import CapsNet
-from studies.cpu_allocator import pin_malloc_thresholds
-from studies.devices import resolve_device, synchronize
+from models.cpu import kernels as cpu_kernels
+from models.cpu.allocator import pin_malloc_thresholds
+from studies.training.devices import resolve_device, synchronize
 
 if TYPE_CHECKING:
-    from bench.run import BenchOptions
+    from bench.options import BenchOptions
 
 COMPARE_MODEL = "capsnet"
 REFERENCE_A = "reference_a_broadcast"

@@ -16,15 +16,12 @@ Rows come in three sections:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-import models
 from bench.comparison import (
     COMPARE_CONV2D,
     COMPARE_MODEL,
@@ -34,6 +31,7 @@ from bench.comparison import (
     REFERENCE_B_CONV2D,
     Lockstep,
 )
+from bench.options import PROFILES, BenchOptions
 from bench.runner import Runner, build_model
 from bench.timing import (
     Timing,
@@ -43,11 +41,10 @@ from bench.timing import (
     set_threads,
     time_runs,
 )
-from models import cpu_kernels
-from models.dft_conv import worthwhile
-from studies.augment import parse_augmentation
-from studies.cpu_allocator import pin_malloc_thresholds
-from studies.devices import check_bf16, cpu_bf16_isa, device_name, resolve_device
+from models.cpu import kernels as cpu_kernels
+from models.cpu.dft_conv import worthwhile
+from studies.data.augment import parse_augmentation
+from studies.training.devices import cpu_bf16_isa, device_name, resolve_device
 
 # The reference numbers and targets of issue 5, set for this project's 2-core CPU at batch 64,
 # 28x28, 3 routing iterations, with decoder.
@@ -62,45 +59,6 @@ CONV2D_STEM = {COMPARE_CONV2D: REFERENCE_B_CONV2D, REFERENCE_B_CONV2D: REFERENCE
 ROUTING_ROW_ORDER = [COMPARE_MODEL, REFERENCE_A, REFERENCE_B, COMPARE_CONV2D, REFERENCE_B_CONV2D]
 
 
-@dataclass(frozen=True)
-class Profile:
-    batch_sizes: tuple[int, ...]
-    warmup: int
-    repeats: int
-    # Seconds of timed runs after which a row stops early (after at least 3 runs).
-    row_budget_s: float | None
-    compare_batch: int
-    compare_rounds: int
-    # Training rounds after those, without reference (a): for the ratio to the stem.
-    stem_rounds: int
-    # Warm-up of each compared model (bench/comparison.py): at least settle_min_s seconds and
-    # until its memory has settled, at most settle_max_s seconds and settle_steps steps.
-    settle_min_s: float
-    settle_max_s: float
-    settle_steps: int
-    # Also time CapsNet and the stem with nn.Conv2d for PrimaryCaps (the routing's gain alone).
-    conv2d_pair: bool
-    data_repeats: int
-
-
-# quick fits in about 3 minutes on the 2-core CPU, where cnn_paper trains at only ~15 images/s and
-# reference (a) at ~40; hence no nn.Conv2d pair in it.
-PROFILES = {
-    "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
-                     settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5),
-    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5,
-                     stem_rounds=12,
-                     settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
-                     data_repeats=50),
-    "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64,
-                        compare_rounds=10, stem_rounds=20, settle_min_s=30.0, settle_max_s=60.0, settle_steps=400,
-                        conv2d_pair=True, data_repeats=100),
-    "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64,
-                     compare_rounds=20, stem_rounds=30, settle_min_s=45.0, settle_max_s=120.0, settle_steps=400,
-                     conv2d_pair=True, data_repeats=200),
-}
-
-
 # Every row has these columns (the CSV's header, in this order).
 COLUMNS = [
     "section", "model", "batch", "mode", "images_per_s", "step_ms", "step_ms_q25", "step_ms_q75",
@@ -110,42 +68,6 @@ COLUMNS = [
     "cpu_kernels",
     "profile",
 ]
-
-
-@dataclass
-class BenchOptions:
-    profile: str = "quick"
-    models: tuple[str, ...] | None = None  # default: every registered model
-    batch_sizes: tuple[int, ...] | None = None  # default: the profile's
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    routing_iters: int | None = None  # CapsNet's; default the paper's 3
-    threads: int | None = None  # default: the usable cores
-    image_size: int = 28
-    references: bool = True  # the routing comparison and the data-preparation row
-    seed: int = 0
-
-    def validate(self) -> "BenchOptions":
-        """Raise ValueError with a one-line message on bad options; fill in defaults."""
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
-        names = tuple(self.models) if self.models else tuple(models.names())
-        for name in names:
-            models.config_class(name)  # raises on an unknown name, listing the valid ones
-        sizes = tuple(self.batch_sizes) if self.batch_sizes else PROFILES[self.profile].batch_sizes
-        for size in sizes:
-            if not isinstance(size, int) or size < 1:
-                raise ValueError(f"batch sizes must be positive integers, got {size!r}")
-        if self.routing_iters is not None and self.routing_iters < 1:
-            raise ValueError(f"routing iterations must be >= 1, got {self.routing_iters}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
-        device = resolve_device(self.device)
-        if self.bf16:
-            check_bf16(device)
-        return dataclasses.replace(self, models=names, batch_sizes=sizes)
 
 
 def _environment(options: BenchOptions, device: torch.device, threads: int) -> dict:
@@ -160,7 +82,7 @@ def _environment(options: BenchOptions, device: torch.device, threads: int) -> d
         # the CPU's bf16 matrix instructions (amx_bf16, avx512_bf16), or none
         "cpu_bf16_isa": (cpu_bf16_isa() or "none") if device.type == "cpu" else "",
         "channels_last": options.channels_last,
-        # "cpp": CapsNet's routing sweeps and DFT layouts ran in models/csrc's kernels, "torch": in
+        # "cpp": CapsNet's routing sweeps and DFT layouts ran in models/cpu/csrc's kernels, "torch": in
         # PyTorch ops
         "cpu_kernels": cpu_kernels.version(device),
         "profile": options.profile,
@@ -261,7 +183,7 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) ->
 
 
 def _data_row(options: BenchOptions, device, env, batch: int, step_s: float, log) -> dict:
-    """Preparing a batch as studies/train.py does: index a uint8 set kept on the device with a
+    """Preparing a batch as studies/training/train.py does: index a uint8 set kept on the device with a
     random permutation, convert to float, shift2 augmentation on the device; as a share of the
     median CapsNet training step `step_s` measured in the same run."""
     profile = PROFILES[options.profile]
@@ -287,12 +209,12 @@ def _data_row(options: BenchOptions, device, env, batch: int, step_s: float, log
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None) -> list[dict]:
-    """Measure every row of `options`; `log` receives one progress line per row. Pins glibc's
-    malloc thresholds for the rest of the process (studies/cpu_allocator.py)."""
+    """Measure every row of `options`; `log` receives one progress line per row. Entry points pin
+    glibc's malloc thresholds first (models/cpu/allocator.py), else a row's speed depends on the rows
+    before it."""
     options = options.validate()
     device = resolve_device(options.device)
     caller_threads = torch.get_num_threads()
-    pin_malloc_thresholds()  # else a row's speed would depend on the rows before it
     try:
         threads = set_threads(options.threads)
         env = _environment(options, device, threads)
@@ -319,7 +241,7 @@ def primary_conv_used(row: dict) -> str:
     dtype = torch.bfloat16 if row["dtype"] == "bf16" else torch.float32
     with torch.enable_grad():
         dft = worthwhile(torch.empty(row["batch"], 0, device="meta" if row["device"] != "cpu" else "cpu", dtype=dtype))
-    return "the DFT (models/dft_conv.py)" if dft else "nn.Conv2d"
+    return "the DFT (models/cpu/dft_conv.py)" if dft else "nn.Conv2d"
 
 
 def summary_lines(rows: list[dict]) -> list[str]:

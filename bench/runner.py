@@ -7,13 +7,13 @@ import torch
 
 import models
 from bench.timing import count_flops
-from models.dft_conv import direct_convolutions
+from models.cpu.dft_conv import direct_convolutions
 from models.routing_sweeps import torch_sweeps
-from studies.devices import autocast
-from studies.optimizer import adam
+from studies.training.devices import autocast
+from studies.training.optimizer import adam
 
 if TYPE_CHECKING:
-    from bench.run import BenchOptions
+    from bench.options import BenchOptions
 
 
 def build_model(name: str, options: "BenchOptions") -> torch.nn.Module:

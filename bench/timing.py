@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from studies.devices import synchronize
+from studies.training.devices import synchronize
 
 
 def machine_cores() -> int:

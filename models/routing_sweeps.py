@@ -5,7 +5,7 @@ A routing iteration reads the votes u_hat (children, dim, parents * batch) once 
 backward (`backward_sweep`: its adjoint); the backward then writes the vote gradient block by
 block from its rank-one factors (`VotesGrad.rows`). In PyTorch ops each sweep is four passes
 with block temporaries (`_torch_*`, blocked for the last-level cache); on the CPU a small C++
-kernel (models/csrc/routing_sweeps.h, built by `models.cpu_kernels`) does the same arithmetic
+kernel (models/cpu/csrc/routing_sweeps.h, built by `models.cpu.kernels`) does the same arithmetic
 in one pass per child, which measured 4.7 vs 6.8 ms forward and 4.0 vs 8.2 ms backward per
 iteration at batch 64 on this project's 2-core CPU; with its exponentials vectorised, 3.7 vs
 7.8 ms forward (4.5 ms before, measured just before). The votes themselves (`votes_and_sum`) come from a
@@ -20,7 +20,7 @@ import contextlib
 
 import torch
 
-from models import cpu_kernels
+from models.cpu import kernels as cpu_kernels
 
 # Bigger blocks mean fewer (OpenMP-parallel) ops per step, which matters when other processes
 # share the cores; 2 MB and 8 MB blocks measured the same on the 2-core CPU, one 47 MB block slower.

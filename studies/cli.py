@@ -7,7 +7,7 @@ import os
 import sys
 
 import models
-from studies.augment import AUGMENTATION_FORMS
+from studies.data.augment import AUGMENTATION_FORMS
 
 EXIT_BAD_INPUT = 2
 
@@ -71,8 +71,8 @@ def _model_options(args) -> dict:
 
 
 def _run_train(args) -> None:
-    from studies.config import TrainConfig
-    from studies.train import train
+    from studies.training.config import TrainConfig
+    from studies.training.train import train
 
     config = TrainConfig(
         model=args.model,
@@ -108,7 +108,7 @@ def _run_train(args) -> None:
 
 
 def _run_data(args) -> None:
-    from studies import datasets
+    from studies.data import datasets
 
     for name in args.dataset or list(datasets.DATASETS):
         path = datasets.prepare(name, args.data_root)
@@ -144,7 +144,7 @@ def _add_report_parser(commands) -> None:
 
 
 def _selected_specs(args):
-    from studies.spec import builtin_names, load_spec
+    from studies.spec.study import builtin_names, load_spec
 
     names = args.study or builtin_names()
     specs = [load_spec(name, args.dataset) for name in names]
@@ -156,7 +156,7 @@ def _selected_specs(args):
 
 
 def _run_options(args):
-    from studies.engine import RunOptions
+    from studies.engine.runner import RunOptions
 
     return RunOptions(
         profile=args.profile, storage=args.storage, results_root=args.results,
@@ -171,7 +171,7 @@ def _run_workers(args, argv: list[str]) -> None:
     """Start `--workers` copies of this command as one-worker processes on one storage."""
     import subprocess
 
-    from studies.storage import default_url, ensure_writable, open_storage, results_dir
+    from studies.engine.storage import default_url, ensure_writable, open_storage, results_dir
 
     directory = ensure_writable(results_dir(args.profile, args.results))
     storage = args.storage or default_url(directory, args.workers)
@@ -205,7 +205,7 @@ def _without(argv: list[str], flags: set[str]) -> list[str]:
 
 
 def _run_studies(args) -> None:
-    from studies.engine import run_study
+    from studies.engine.runner import run_study
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -219,7 +219,7 @@ def _run_studies(args) -> None:
     options = _run_options(args)
     for spec in specs:
         if spec.kind == "throughput":
-            from studies.throughput import run_throughput
+            from studies.engine.throughput import run_throughput
 
             counts = run_throughput(spec, options)
         else:
@@ -234,9 +234,9 @@ def _with_stored_builtins(specs, args, options):
     REPORT.md still covers them all after a run of one study."""
     import optuna
 
-    from studies.engine import study_name
-    from studies.spec import builtin_names, load_spec
-    from studies.storage import open_storage
+    from studies.engine.runner import study_name
+    from studies.engine.storage import open_storage
+    from studies.spec.study import builtin_names, load_spec
 
     stored = set(optuna.get_all_study_names(open_storage(options.storage, options.results, options.workers)))
     ran = {spec.name for spec in specs}
@@ -251,8 +251,8 @@ def _run_report(args) -> None:
 
 
 def _write_report(specs, options) -> None:
-    from studies.report import build_report
-    from studies.storage import ensure_writable, results_dir
+    from studies.engine.storage import ensure_writable, results_dir
+    from studies.report.build import build_report
 
     out = ensure_writable(results_dir(options.profile, options.results_root))
     print(f"report: {build_report(specs, options, out)}")
@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from models.cpu.allocator import pin_malloc_thresholds
+
+    pin_malloc_thresholds()  # process-wide: every training step then starts from the same allocator
     if os.environ.get("CAPSBENCH_THREADS"):
         import torch
 

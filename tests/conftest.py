@@ -37,9 +37,9 @@ def run_cli(capsys, monkeypatch):
 
 @pytest.fixture(scope="session")
 def kernel():
-    """The C++ CPU kernels (models/csrc). A real component of the CPU training step: where they
+    """The C++ CPU kernels (models/cpu/csrc). A real component of the CPU training step: where they
     cannot be built, tests that need them skip locally but fail in CI (CI set)."""
-    from models import cpu_kernels
+    from models.cpu import kernels as cpu_kernels
 
     built = cpu_kernels.module()
     if built is None:

@@ -8,7 +8,7 @@ import pytest
 import scipy.io
 import torch
 
-from studies.affnist import AffnistError, check_orientation, find_affnist, load_affnist, read_affnist_file
+from studies.data.affnist import AffnistError, check_orientation, find_affnist, load_affnist, read_affnist_file
 
 
 def _digits(count: int, seed: int = 0) -> np.ndarray:
@@ -146,7 +146,7 @@ def test_orientation_check_accepts_row_major_and_rejects_transposed(tmp_path: Pa
 
 @pytest.mark.data
 def test_orientation_check_on_real_mnist_digits(tmp_path: Path) -> None:
-    from studies import datasets
+    from studies.data import datasets
 
     try:
         originals, _ = datasets.load("mnist", "test")

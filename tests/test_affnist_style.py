@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from studies import affnist_style
-from studies.affnist_style import DESCRIPTION, AffineRanges, generate, load_or_generate
+from studies.data import affnist_style
+from studies.data.affnist_style import DESCRIPTION, AffineRanges, generate, load_or_generate
 
 
 def _digits(count: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

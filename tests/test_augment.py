@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from studies.augment import parse_augmentation, rotate, shift
+from studies.data.augment import parse_augmentation, rotate, shift
 
 
 def test_shift_moves_pixels_by_integer_offsets_with_zero_fill():

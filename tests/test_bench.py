@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import models
-from bench.run import COLUMNS, BenchOptions, run_benchmark, table_stem, write_tables
+from bench.options import BenchOptions
+from bench.run import COLUMNS, run_benchmark, table_stem, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = [
@@ -131,7 +132,7 @@ def test_bad_options_give_one_line_and_exit_2(args, fragment, tmp_path, run_cli)
 
 
 def test_bf16_is_refused_on_a_cpu_without_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
-    from studies import devices
+    from studies.training import devices
 
     monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
     done = run_cli("bench", "--bf16", "--device", "cpu", "--out", tmp_path)
@@ -142,7 +143,7 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_matrix_units(tmp_path, run_cli, m
 
 
 def test_bf16_on_a_cpu_with_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
-    from studies import devices
+    from studies.training import devices
 
     monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"amx_bf16", "avx512_bf16"}))
     done = run_cli("bench", "--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "2", "--device", "cpu",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.comparison import COMPARED, REFERENCE_A, Lockstep, build_compared, settle
-from bench.run import BenchOptions
+from bench.options import BenchOptions
 
 CPU = torch.device("cpu")
 

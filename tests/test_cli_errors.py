@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from studies.datasets import prepare
-from studies.idx import write_idx
+from studies.data.datasets import prepare
+from studies.data.idx import write_idx
 
 
 @pytest.fixture

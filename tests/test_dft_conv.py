@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import models
-from models.dft_conv import MIN_BATCH, direct_convolutions, stride2_conv_dft, worthwhile
-from models.workspace import Workspace
+from models.cpu.dft_conv import MIN_BATCH, direct_convolutions, stride2_conv_dft, worthwhile
+from models.cpu.workspace import Workspace
 
 
 def conv_and_grads(conv, h, w, b, grad_y):
@@ -157,7 +157,8 @@ def test_direct_convolutions_switches_every_primarycaps_layer_to_conv2d():
 @pytest.mark.parametrize("side, n", [(9, 5), (20, 10), (8, 5)])
 def test_phase_layouts_of_the_kernels_match_their_pytorch_version(side, n, monkeypatch, kernel):
     """The C++ split/merge (float32 CPU) against the PyTorch fallback, and merge inverts split."""
-    from models import cpu_kernels, dft_conv
+    from models.cpu import dft_conv
+    from models.cpu import kernels as cpu_kernels
 
     x = torch.randn(6, side, side, generator=torch.Generator().manual_seed(side))
     phases = dft_conv._split_phases(x, n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studies.expanded import expanded_test_set, place_at, place_on_canvas
+from studies.data.expanded import expanded_test_set, place_at, place_on_canvas
 
 
 def _marked(batch: int) -> torch.Tensor:

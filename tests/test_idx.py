@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studies.idx import IdxError, idx_shape, read_idx, write_idx
+from studies.data.idx import IdxError, idx_shape, read_idx, write_idx
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from studies.storage import open_storage
+from studies.engine.storage import open_storage
 from tests.test_study_engine import studies_cli, write_spec
 
 pytestmark = pytest.mark.data

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from studies.config import TrainConfig
-from studies.datasets import prepare
-from studies.train import train
+from studies.data.datasets import prepare
+from studies.training.config import TrainConfig
+from studies.training.train import train
 
 pytestmark = pytest.mark.data
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import scipy.io
 
-from studies.config import TrainConfig
-from studies.spec import load_spec
-from studies.tasks import affnist_set
+from studies.engine.tasks import affnist_set
+from studies.spec.study import load_spec
+from studies.training.config import TrainConfig
 
 pytestmark = pytest.mark.data
 

@@ -9,7 +9,7 @@ import torch
 
 import models
 from bench.references import BroadcastCapsNet
-from models.capsnet import dynamic_routing
+from tests.reference_routing import dynamic_routing
 
 
 def _pair(**options):

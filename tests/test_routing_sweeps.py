@@ -1,4 +1,4 @@
-"""The C++ routing sweeps (models/csrc/routing_sweeps.h) against the PyTorch ops they replace.
+"""The C++ routing sweeps (models/cpu/csrc/routing_sweeps.h) against the PyTorch ops they replace.
 
 The kernel is a real component of the CPU training step: where it cannot be built these tests
 skip locally but fail in CI (the `kernel` fixture of conftest.py).
@@ -11,8 +11,9 @@ import sys
 import pytest
 import torch
 
-from models import cpu_kernels, routing_sweeps
+from models import routing_sweeps
 from models.capsnet import CapsNet, CapsNetConfig, DigitCaps
+from models.cpu import kernels as cpu_kernels
 from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torch_sweeps, votes_and_sum
 
 CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 7  # odd sizes: no accidental alignment
@@ -171,7 +172,7 @@ def test_a_failed_build_warns_once_and_routing_still_runs(monkeypatch):
 
 
 def test_the_environment_switch_turns_the_kernel_off():
-    code = "from models import cpu_kernels; print(cpu_kernels.version('cpu'), cpu_kernels.error())"
+    code = "from models.cpu import kernels as cpu_kernels; print(cpu_kernels.version('cpu'), cpu_kernels.error())"
     env = dict(os.environ, CAPSBENCH_CPU_KERNELS="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["torch", "CAPSBENCH_CPU_KERNELS=0"]

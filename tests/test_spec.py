@@ -1,7 +1,7 @@
 """Spec validation: every mistake is an error that names the file and the key."""
 import pytest
 
-from studies.spec import SpecError, builtin_names, load_spec, parse_spec
+from studies.spec.study import SpecError, builtin_names, load_spec, parse_spec
 
 
 def base(**overrides):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from studies import stats
+from studies.report import stats
 
 # Test errors (%) of two configurations over 5 seeds; element i of each is seed i.
 A = [2.31, 2.05, 2.48, 2.20, 2.36]

@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from studies.config import TrainConfig
-from studies.train import build_model, train
+from studies.training.config import TrainConfig
+from studies.training.train import build_model, train
 
 pytestmark = pytest.mark.data
 
@@ -65,7 +65,7 @@ def test_cli_trains_and_prints_json():
 def test_malloc_thresholds_are_pinned_on_glibc():
     import platform
 
-    from studies.cpu_allocator import pin_malloc_thresholds
+    from models.cpu.allocator import pin_malloc_thresholds
 
     assert pin_malloc_thresholds() == (platform.libc_ver()[0] == "glibc")
 

@@ -16,12 +16,12 @@ from typing import Any, Callable
 
 import torch
 
-from studies import affnist, affnist_style, augment
-from studies.config import TrainConfig
-from studies.datasets import default_data_root
-from studies.devices import resolve_device
-from studies.spec import Profile, StudySpec
-from studies.train import Split, StopTraining, build_model, evaluate, load_splits, train
+from studies.data import affnist, affnist_style, augment
+from studies.data.datasets import default_data_root
+from studies.spec.study import Profile, StudySpec
+from studies.training.config import TrainConfig
+from studies.training.devices import resolve_device
+from studies.training.train import Split, StopTraining, build_model, evaluate, load_splits, train
 
 
 @dataclass
@@ -149,7 +149,7 @@ PREFLIGHTS: dict[str, Callable[[StudySpec, Profile, TrainConfig], object]] = {"a
 
 def preflight(spec: StudySpec, profile: Profile, config: TrainConfig) -> None:
     """Load what every trial will need once, so bad input fails before anything is stored."""
-    from studies import datasets
+    from studies.data import datasets
 
     datasets.prepare(spec.dataset, config.data_root)
     if spec.kind in PREFLIGHTS:

@@ -12,13 +12,12 @@ import torch
 from tqdm.auto import tqdm
 
 import models
-from studies import datasets
-from studies.augment import parse_augmentation
-from studies.config import TrainConfig
-from studies.cpu_allocator import pin_malloc_thresholds
-from studies.devices import autocast, check_bf16, device_name, resolve_device, synchronize
-from studies.expanded import expanded_test_set, place_on_canvas
-from studies.optimizer import adam
+from studies.data import datasets
+from studies.data.augment import parse_augmentation
+from studies.data.expanded import expanded_test_set, place_on_canvas
+from studies.training.config import TrainConfig
+from studies.training.devices import autocast, check_bf16, device_name, resolve_device, synchronize
+from studies.training.optimizer import adam
 
 # The expanded validation/test sets are the same for every trial, whatever its seed.
 EXPANDED_EVAL_SEED = 1234
@@ -172,7 +171,6 @@ def train(
     device = resolve_device(config.device)
     if config.bf16:
         check_bf16(device)
-    pin_malloc_thresholds()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     train_split, val_split, test_split = splits or load_splits(config, device)

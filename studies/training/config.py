@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from studies.augment import parse_augmentation
+from studies.data.augment import parse_augmentation
 
 
 @dataclass

@@ -21,8 +21,8 @@ straight into the layout of one batched real matmul per pass:
     [Re H; Im H] (2B x K) @ [Re W; Im W]^T (K x 2O)
 whose four blocks give Re Y = Hr Wr' + Hi Wi' and Im Y = Hi Wr' - Hr Wi'. The backward is the
 exact adjoint, written out (two more batched matmuls and the transposed transforms). The
-polyphase split and merge run in C++ on the CPU (models/csrc/dft_layouts.h, via
-`models.cpu_kernels`): at batch 64 the backward's two merges took 15.7 + 8.8 ms as PyTorch
+polyphase split and merge run in C++ on the CPU (models/cpu/csrc/dft_layouts.h, via
+`models.cpu.kernels`): at batch 64 the backward's two merges took 15.7 + 8.8 ms as PyTorch
 permutes and 5.1 + 4.8 ms in C++ (the forward's splits, 9.5 + 3.3 ms in PyTorch, were not timed
 alone in C++; CapsNet's whole step went from 458 to 408 ms with all kernels on, in one run).
 """
@@ -34,9 +34,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models import cpu_kernels
 from models.compile_barrier import eager_under_compile
-from models.workspace import Workspace
+from models.cpu import kernels as cpu_kernels
+from models.cpu.workspace import Workspace
 
 KERNEL = 9  # with stride 2
 PHASE_KERNEL = (KERNEL + 1) // 2  # 5: the 9x9 kernel padded to 10x10, split in 4 phases

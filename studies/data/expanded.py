@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from studies.augment import shift
+from studies.data.augment import shift
 
 CANVAS = 40
 

@@ -34,7 +34,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
-from studies.idx import IdxError, idx_shape, read_idx, write_idx
+from studies.data.idx import IdxError, idx_shape, read_idx, write_idx
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -126,7 +126,7 @@ def default_data_root() -> Path:
     env = os.environ.get("CAPSBENCH_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "data"
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 def get_info(name: str) -> DatasetInfo:

@@ -1,7 +1,7 @@
-"""`python -m models.build_kernels`: build the C++ CPU kernels now (`make setup` does) and say
+"""`python -m models.cpu.build`: build the C++ CPU kernels now (`make setup` does) and say
 whether this machine runs them. Never fails: without a compiler routing and the DFT convolution
 fall back to PyTorch ops, as the message says."""
-from models import cpu_kernels
+from models.cpu import kernels as cpu_kernels
 
 if __name__ == "__main__":
     if cpu_kernels.module() is not None:

@@ -15,9 +15,9 @@ import pandas as pd
 import seaborn as sns
 from optuna.trial import TrialState
 
-from studies.engine import FAILURE_ATTR, POINT_ATTR, RunOptions, open_study
-from studies.paper import table1_value
-from studies.spec import StudySpec
+from studies.engine.runner import FAILURE_ATTR, POINT_ATTR, RunOptions, open_study
+from studies.report.paper import table1_value
+from studies.spec.study import StudySpec
 
 TRIAL_COLUMNS = ("model", "seed")
 HIDDEN_METRICS = ("history",)
@@ -273,7 +273,7 @@ def _mean_sd(values: pd.Series, scale: float = 100.0) -> str:
 
 
 def affnist_section(spec: StudySpec, study: optuna.Study, options: RunOptions, out: Path) -> Section:
-    from studies.paper import AFFNIST_ACCURACY
+    from studies.report.paper import AFFNIST_ACCURACY
 
     stem, frame = file_stem(spec), trials_frame(study)
     if frame.empty:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import models
-from studies import datasets
-from studies.config import TrainConfig
+from studies.data import datasets
+from studies.training.config import TrainConfig
 
-SPEC_DIR = Path(__file__).parent / "specs"
+SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
 PROFILES = ("smoke", "quick", "standard", "paper")
 STUDY_KINDS = ("accuracy", "affnist", "rotation", "throughput")
 # Parameters of TrainConfig that a study may set; the rest belong to the engine.

@@ -19,10 +19,10 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from studies.spec import Point, StudySpec
-from studies.storage import open_storage, results_dir
-from studies.tasks import TASKS, TrainHooks, preflight
-from studies.train import Diverged, train
+from studies.engine.storage import open_storage, results_dir
+from studies.engine.tasks import TASKS, TrainHooks, preflight
+from studies.spec.study import Point, StudySpec
+from studies.training.train import Diverged, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

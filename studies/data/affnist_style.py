@@ -1,6 +1,6 @@
 """A generated affNIST-style set: MNIST digits on a 40x40 canvas under random affine maps.
 
-Stand-in for the official affNIST files (studies/affnist.py) when they are absent. It is
+Stand-in for the official affNIST files (studies/data/affnist.py) when they are absent. It is
 called "affNIST-style (generated)" everywhere, with its ranges and seed recorded; only the
 official files may be called affNIST.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from studies.augment import AffineParams, affine_matrices, warp
+from studies.data.augment import AffineParams, affine_matrices, warp
 
 DESCRIPTION = "affNIST-style (generated)"
 CANVAS = 40
@@ -331,7 +331,7 @@ def _write_cache(path: Path, result: AffineStyleSet) -> None:
 
 
 def default_cache_dir() -> Path:
-    from studies.datasets import default_data_root
+    from studies.data.datasets import default_data_root
 
     return default_data_root() / CACHE_FOLDER
 
@@ -369,7 +369,7 @@ def mnist_affnist_style(
     cache_dir: Path | None = None,
 ) -> AffineStyleSet:
     """The affNIST-style (generated) set built from the MNIST test split, cached."""
-    from studies import datasets
+    from studies.data import datasets
 
     images, labels = datasets.load("mnist", "test", root)
     if cache_dir is None and root is not None:

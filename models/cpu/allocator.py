@@ -7,7 +7,7 @@ freed), so the same CapsNet training step ran at different speeds depending on w
 process had run before: measured here, batch 64 after batch 32 at 95-113 images/s, alone at
 133; with the thresholds pinned, 135-139 either way. Pinning the threshold at its 32 MB
 ceiling and letting the heap keep up to 1 GB of freed memory gives every step the same, warm
-allocator. The few blocks above 32 MB are kept by the models themselves (`models.workspace`).
+allocator. The few blocks above 32 MB are kept by the models themselves (`models.cpu.workspace`).
 """
 from __future__ import annotations
 

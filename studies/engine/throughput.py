@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from studies.engine import RunOptions
-from studies.spec import StudySpec
+from studies.engine.runner import RunOptions
+from studies.spec.study import StudySpec
 
 
 def run_throughput(spec: StudySpec, options: RunOptions) -> dict[str, int]:
     """Measure unless this profile already holds a table for this device (delete it to re-measure)."""
     from bench.run import BenchOptions, run_benchmark, write_tables
-    from studies.devices import resolve_device
-    from studies.storage import ensure_writable
+    from studies.engine.storage import ensure_writable
+    from studies.training.devices import resolve_device
 
     out = ensure_writable(options.results)
     device = resolve_device(options.device).type

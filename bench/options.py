@@ -1,0 +1,84 @@
+"""What a benchmark run measures: its options (`BenchOptions`, validated in one line each) and the
+profiles that set batch sizes, repeats and the routing comparison's rounds."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import models
+from studies.training.devices import check_bf16, resolve_device
+
+
+@dataclass(frozen=True)
+class Profile:
+    batch_sizes: tuple[int, ...]
+    warmup: int
+    repeats: int
+    # Seconds of timed runs after which a row stops early (after at least 3 runs).
+    row_budget_s: float | None
+    compare_batch: int
+    compare_rounds: int
+    # Training rounds after those, without reference (a): for the ratio to the stem.
+    stem_rounds: int
+    # Warm-up of each compared model (bench/comparison.py): at least settle_min_s seconds and
+    # until its memory has settled, at most settle_max_s seconds and settle_steps steps.
+    settle_min_s: float
+    settle_max_s: float
+    settle_steps: int
+    # Also time CapsNet and the stem with nn.Conv2d for PrimaryCaps (the routing's gain alone).
+    conv2d_pair: bool
+    data_repeats: int
+
+
+# quick fits in about 3 minutes on the 2-core CPU, where cnn_paper trains at only ~15 images/s and
+# reference (a) at ~40; hence no nn.Conv2d pair in it.
+PROFILES = {
+    "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
+                     settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5),
+    "quick": Profile((32, 64), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5,
+                     stem_rounds=12,
+                     settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
+                     data_repeats=50),
+    "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64,
+                        compare_rounds=10, stem_rounds=20, settle_min_s=30.0, settle_max_s=60.0, settle_steps=400,
+                        conv2d_pair=True, data_repeats=100),
+    "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64,
+                     compare_rounds=20, stem_rounds=30, settle_min_s=45.0, settle_max_s=120.0, settle_steps=400,
+                     conv2d_pair=True, data_repeats=200),
+}
+
+
+@dataclass
+class BenchOptions:
+    profile: str = "quick"
+    models: tuple[str, ...] | None = None  # default: every registered model
+    batch_sizes: tuple[int, ...] | None = None  # default: the profile's
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    routing_iters: int | None = None  # CapsNet's; default the paper's 3
+    threads: int | None = None  # default: the usable cores
+    image_size: int = 28
+    references: bool = True  # the routing comparison and the data-preparation row
+    seed: int = 0
+
+    def validate(self) -> "BenchOptions":
+        """Raise ValueError with a one-line message on bad options; fill in defaults."""
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
+        names = tuple(self.models) if self.models else tuple(models.names())
+        for name in names:
+            models.config_class(name)  # raises on an unknown name, listing the valid ones
+        sizes = tuple(self.batch_sizes) if self.batch_sizes else PROFILES[self.profile].batch_sizes
+        for size in sizes:
+            if not isinstance(size, int) or size < 1:
+                raise ValueError(f"batch sizes must be positive integers, got {size!r}")
+        if self.routing_iters is not None and self.routing_iters < 1:
+            raise ValueError(f"routing iterations must be >= 1, got {self.routing_iters}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        device = resolve_device(self.device)
+        if self.bf16:
+            check_bf16(device)
+        return dataclasses.replace(self, models=names, batch_sizes=sizes)
