@@ -4,70 +4,61 @@ Defaults are the paper's MNIST network; every deviation is a named option of `Ca
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from models.cpu.dft_conv import direct_only, stride2_conv_dft, worthwhile
 from models.cpu.workspace import Workspace
+from models.fields import check_fields
 from models.output import LossTerms, ModelOutput
 from models.registry import register
 from models.routing import squash, votes_and_route
 
-MARGIN_CONVENTIONS = ("paper", "official")
-PRIMARY_CONV_METHODS = ("auto", "direct", "dft")
+PrimaryConv = Literal["auto", "direct", "dft"]
 
-
-def _check_primary_conv(method: str) -> None:
-    if method not in PRIMARY_CONV_METHODS:
-        raise ValueError(f"primary_conv must be one of {', '.join(PRIMARY_CONV_METHODS)}, got {method!r}")
+Count = Annotated[int, Ge(1)]
 
 
 @dataclass(frozen=True)
 class CapsNetConfig:
-    in_channels: int = 1
-    input_size: int = 28
-    num_classes: int = 10
-    conv1_channels: int = 256
-    primary_types: int = 32
-    primary_dim: int = 8
-    digit_dim: int = 16
-    routing_iters: int = 3
+    in_channels: Count = 1
+    # conv1 (9x9) and PrimaryCaps (9x9, stride 2) need at least 26 pixels
+    input_size: Annotated[int, Ge(26)] = 28
+    num_classes: Annotated[int, Ge(2)] = 10
+    conv1_channels: Count = 256
+    primary_types: Count = 32
+    primary_dim: Count = 8
+    digit_dim: Count = 16
+    routing_iters: Count = 3
     # Scale of the summed squared reconstruction error in the loss (paper: 0.0005).
-    recon_weight: float = 0.0005
+    recon_weight: Annotated[float, Ge(0)] = 0.0005
     decoder: bool = True
     # Stop gradients through u_hat in all but the last routing iteration. Off in the paper and
     # the official code; some re-implementations do it, so it is an ablation flag.
     detach_inner: bool = False
     # "paper": margin loss summed over classes (the paper's formula). "official": averaged over
     # classes and halved as in the official code, which weighs reconstruction ~20x more.
-    margin_convention: str = "paper"
-    m_plus: float = 0.9
-    m_minus: float = 0.1
-    margin_lambda: float = 0.5
+    margin_convention: Literal["paper", "official"] = "paper"
+    m_plus: Annotated[float, Interval(gt=0, le=1)] = 0.9
+    m_minus: Annotated[float, Interval(ge=0, lt=1)] = 0.1
+    margin_lambda: Annotated[float, Ge(0)] = 0.5
     # With softmax over parents, W must start small for routing to train (REFERENCES.md 4).
-    weight_init_std: float = 0.01
+    weight_init_std: Annotated[float, Gt(0)] = 0.01
     # How the PrimaryCaps convolution is computed; not a model choice: all give the same
     # function up to float rounding. "direct": nn.Conv2d (oneDNN, cuDNN). "dft": through a small
     # DFT (models/cpu/dft_conv.py), whose backward is ~2.4x faster than oneDNN's on the CPU.
-    # "auto": the DFT where it is faster (training, CPU, float32, batch >= 32), else direct.
-    primary_conv: str = "auto"
+    # "auto": the DFT where it is faster (training on the CPU, float32 or bf16, batch >= 32),
+    # else direct.
+    primary_conv: PrimaryConv = "auto"
 
     def __post_init__(self):
-        if self.routing_iters < 1:
-            raise ValueError(f"routing_iters must be >= 1, got {self.routing_iters}")
-        if self.recon_weight < 0:
-            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
-        if self.margin_convention not in MARGIN_CONVENTIONS:
-            raise ValueError(
-                f"margin_convention must be one of {', '.join(MARGIN_CONVENTIONS)}, "
-                f"got {self.margin_convention!r}"
-            )
-        _check_primary_conv(self.primary_conv)
-        if self.primary_grid < 1:
-            raise ValueError(f"input_size {self.input_size} is too small for CapsNet (min 26)")
+        check_fields(self)
 
     @property
     def primary_grid(self) -> int:
@@ -87,9 +78,10 @@ class PrimaryCaps(nn.Module):
     one grid position (not `dim` positions of one channel, a common reshape bug).
     """
 
-    def __init__(self, in_channels: int, types: int, dim: int, method: str = "auto"):
+    def __init__(self, in_channels: int, types: int, dim: int, method: PrimaryConv = "auto"):
         super().__init__()
-        _check_primary_conv(method)
+        if method not in typing.get_args(PrimaryConv):
+            raise ValueError(f"primary_conv must be one of {', '.join(typing.get_args(PrimaryConv))}, got {method!r}")
         self.types, self.dim, self.method = types, dim, method
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=9, stride=2)
         self._workspace = Workspace()

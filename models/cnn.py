@@ -7,28 +7,37 @@ class layer trained with cross-entropy. 'same' padding and no pooling reproduce 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Interval, MinLen
 from torch import nn
 
+from models.fields import check_fields
 from models.output import LossTerms, ModelOutput
 from models.registry import register
 
 
+Count = Annotated[int, Ge(1)]
+
+
 @dataclass(frozen=True)
 class CNNConfig:
-    in_channels: int = 1
-    input_size: int = 28
-    num_classes: int = 10
-    conv_channels: tuple[int, ...] = (256, 256, 128)
-    fc_features: tuple[int, ...] = (328, 192)
-    dropout: float = 0.5
+    in_channels: Count = 1
+    input_size: Count = 28
+    num_classes: Annotated[int, Ge(2)] = 10
+    conv_channels: Annotated[tuple[Count, ...], MinLen(1)] = (256, 256, 128)
+    fc_features: tuple[Count, ...] = (328, 192)
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.5
     pool: bool = False
+    # Memory layout only (the same function): NHWC activations and weights, which oneDNN's bf16
+    # convolutions and max pooling run much faster (cnn_pool training step 316 -> 460 images/s,
+    # inference 614 -> 1343 at batch 64 / 250, bf16, on this project's 2-core CPU).
+    channels_last: bool = True
 
     def __post_init__(self):
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self)
         if self.input_size % 4 and self.pool:
             raise ValueError(f"input_size must be a multiple of 4 with pooling, got {self.input_size}")
 
@@ -53,8 +62,13 @@ class BaselineCNN(nn.Module):
             features = width
         fc += [nn.Dropout(config.dropout), nn.Linear(features, config.num_classes)]
         self.classifier = nn.Sequential(*fc)
+        if config.channels_last:
+            self.features.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        # flatten keeps the (channel, row, column) order of the features whatever their layout
         return ModelOutput(scores=self.classifier(self.features(images).flatten(1)))
 
     def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:

@@ -143,16 +143,29 @@ def _add_report_parser(commands) -> None:
     parser.set_defaults(run=_run_report)
 
 
-def _selected_specs(args):
+def _selected_specs(args, announce: bool = True):
+    """The studies named (each must support the dataset and profile asked for: else one line and
+    exit 2), or every built-in study that defines the profile and supports the dataset; the ones
+    left out are named."""
     from studies.spec.study import builtin_names, load_spec
 
-    names = args.study or builtin_names()
-    specs = [load_spec(name, args.dataset) for name in names]
     if args.study:
+        specs = [load_spec(name, args.dataset) for name in args.study]
         for spec in specs:
             spec.profile(args.profile)  # an explicitly chosen study must define the profile
         return specs
-    return [spec for spec in specs if args.profile in spec.profiles]
+    specs, skipped = [], []
+    for name in builtin_names():
+        spec = load_spec(name)
+        if args.dataset is not None and not spec.supports(args.dataset):
+            skipped.append(f"{name} (runs on {', '.join(spec.datasets)} only)")
+        elif args.profile not in spec.profiles:
+            skipped.append(f"{name} (no {args.profile} profile)")
+        else:
+            specs.append(load_spec(name, args.dataset))
+    if skipped and announce:
+        print("skipped: " + "; ".join(skipped), file=sys.stderr)
+    return specs
 
 
 def _run_options(args):
@@ -240,7 +253,9 @@ def _with_stored_builtins(specs, args, options):
 
     stored = set(optuna.get_all_study_names(open_storage(options.storage, options.results, options.workers)))
     ran = {spec.name for spec in specs}
-    others = [load_spec(name, args.dataset) for name in builtin_names() if name not in ran]
+    others = [load_spec(name) for name in builtin_names() if name not in ran]
+    others = [load_spec(spec.name, args.dataset) for spec in others
+              if args.dataset is None or spec.supports(args.dataset)]
     return list(specs) + [
         spec for spec in others if args.profile in spec.profiles and study_name(spec, args.profile) in stored
     ]

@@ -27,11 +27,11 @@ def assert_one_line_error(done, *fragments):
     "args, fragments",
     [
         (["--model", "resnet"], ["unknown model", "capsnet, cnn_paper, cnn_pool"]),
-        (["--routing-iters", "0"], ["routing_iters must be >= 1"]),
-        (["--recon-weight", "-1"], ["recon_weight must be >= 0"]),
+        (["--routing-iters", "0"], ["routing_iters: input should be greater than or equal to 1, got 0"]),
+        (["--recon-weight", "-1"], ["recon_weight: input should be greater than or equal to 0, got -1.0"]),
         (["--aug", "flip"], ["unknown augmentation"]),
-        (["--dataset", "cifar"], ["unknown dataset", "mnist"]),
-        (["--epochs", "0"], ["epochs must be >= 1"]),
+        (["--dataset", "cifar"], ["dataset: input should be 'mnist' or 'fashion_mnist', got 'cifar'"]),
+        (["--epochs", "0"], ["epochs: input should be greater than or equal to 1, got 0"]),
     ],
 )
 def test_bad_arguments(args, fragments, studies):

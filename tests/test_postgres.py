@@ -169,7 +169,7 @@ def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
     assert not unfinished, f"trials left unfinished: {unfinished}"
 
     out = results / "smoke"
-    frame = pd.read_csv(out / "tiny.csv")
+    frame = pd.read_csv(out / "tiny-trials.csv")
     assert len(frame) == 4
     assert sorted(zip(frame["augmentation"], frame["seed"])) == [("none", 0), ("none", 1), ("shift2", 0), ("shift2", 1)]
     assert (out / "REPORT.md").stat().st_size > 0

@@ -26,18 +26,25 @@ def robustness(tmp_path_factory):
 
 
 def test_affnist_study_reports_the_generated_set_by_its_name(robustness):
-    frame = pd.read_csv(robustness / "affnist.csv")
+    frame = pd.read_csv(robustness / "affnist-trials.csv")
     assert set(frame["model"]) == {"capsnet", "cnn_pool"}
     assert set(frame["robustness_set"]) == {"affNIST-style (generated)"}
     assert frame["reached_target"].all() and frame["affnist_accuracy"].notna().all()
+    assert (frame["matched_val_accuracy"] >= frame["target_accuracy"]).all()
     table = (robustness / "affnist-table.md").read_text()
     assert "affNIST-style (generated) acc. %" in table and "79" in table and "66" in table
+    # the CNN is sized to CapsNet's parameter count at 40x40; both counts are in the table
+    assert "13,475,648" in table and "13,471,833" in table
     report = (robustness / "REPORT.md").read_text()
     assert "not the official affNIST" in report and '"rotation_deg": 20.0' in report
+    assert "matched on the validation split" in report
+    effects = pd.read_csv(robustness / "affnist-effects.csv")
+    assert set(effects["comparison"]) == {"capsnet − cnn_pool"}
 
 
 def test_rotation_study_writes_long_form_sweeps(robustness):
     sweep = pd.read_csv(robustness / "rotation-sweep.csv")
+    assert (robustness / "rotation-effects.csv").exists()
     assert list(sweep.columns) == ["model", "train_augmentation", "seed", "transform", "amount", "accuracy"]
     # smoke: 2 trials x (3 angles + 3 shifts)
     assert len(sweep) == 12
@@ -61,3 +68,61 @@ def test_official_affnist_files_are_used_and_named_when_present(tmp_path):
     chosen = affnist_set(spec, spec.profile("smoke"), config)
     assert chosen.name == "affNIST" and len(chosen.split) == 30
     assert chosen.split.images.shape == (30, 1, 40, 40)
+
+
+def test_the_test_split_is_read_only_after_the_match(monkeypatch, tmp_path):
+    """A spy on every evaluation of an affNIST trial: the validation checks come first, and the
+    test split and the robustness set are evaluated only once one of them reached the target."""
+    from studies.engine import tasks
+    from studies.training import train as training
+
+    spec = load_spec("affnist")
+    profile = spec.profile("smoke")
+    config = spec.train_config(spec.points("smoke")[0], "smoke", device="cpu", progress=False)
+    seen = {}
+    load = training.load_splits
+
+    def spy_load(*args, **kwargs):
+        splits = load(*args, **kwargs)
+        seen.update(val=splits[1], test=splits[2])
+        return splits
+
+    calls = []
+    evaluate = training.evaluate
+
+    def spy_evaluate(model, split, *args, **kwargs):
+        accuracy = evaluate(model, split, *args, **kwargs)
+        name = next((n for n, s in seen.items() if s is split), "robustness")
+        calls.append((name, accuracy))
+        return accuracy
+
+    monkeypatch.setattr(tasks, "load_splits", spy_load)
+    monkeypatch.setattr(tasks, "evaluate", spy_evaluate)
+    monkeypatch.setattr(training, "evaluate", spy_evaluate)
+    outcome = tasks.affnist_task(spec, profile, config, tasks.TrainHooks())
+    names = [name for name, _ in calls]
+    assert outcome.metrics["reached_target"] and "test" in names and "robustness" in names
+    match = next(i for i, (name, accuracy) in enumerate(calls)
+                 if name == "val" and accuracy >= outcome.metrics["target_accuracy"])
+    assert all(name == "val" for name in names[: match + 1])
+    assert set(names[match + 1:]) == {"test", "robustness"}
+    assert outcome.metrics["matched_val_accuracy"] == calls[match][1]
+
+
+def test_a_study_on_a_dataset_it_does_not_support_is_one_line(tmp_path, run_cli):
+    results = tmp_path / "results"
+    done = run_cli("studies", "run", "--study", "affnist", "--dataset", "fashion_mnist", "--profile", "smoke",
+                   env={"CAPSBENCH_RESULTS": results})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "runs on mnist only, not 'fashion_mnist'" in lines[0], done.stderr
+    assert not results.exists()  # nothing stored
+
+
+def test_every_study_on_a_dataset_runs_those_that_support_it_and_names_the_rest(tmp_path, run_cli):
+    done = run_cli("studies", "report", "--dataset", "fashion_mnist", "--profile", "smoke",
+                   env={"CAPSBENCH_RESULTS": tmp_path / "results"})
+    assert done.returncode == 0, done.stderr
+    assert "skipped: affnist (runs on mnist only)" in done.stderr
+    report = (tmp_path / "results" / "smoke" / "REPORT.md").read_text()
+    assert "— fashion_mnist" in report and "affNIST" not in report

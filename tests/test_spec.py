@@ -21,24 +21,25 @@ def test_a_valid_spec_enumerates_grid_times_seeds():
     assert len({p.key for p in points}) == 4
     config = spec.train_config(points[0], "smoke")
     assert config.model_options == {"routing_iters": 1} and config.train_size == 8
+    assert points[0].values == (("augmentation", "none"), ("routing_iters", 1))
 
 
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        ({"colour": "red"}, "unknown key(s) colour"),
-        ({"kind": "speed"}, "kind 'speed' unknown"),
-        ({"dataset": "cifar10"}, "dataset 'cifar10' unknown"),
+        ({"colour": "red"}, "colour: unknown key"),
+        ({"kind": "speed"}, "kind: value 'speed': input should be 'accuracy'"),
+        ({"dataset": "cifar10"}, "dataset: value 'cifar10': input should be 'mnist' or 'fashion_mnist'"),
         ({"arms": [{"model": "vit"}]}, "model 'vit' unknown"),
-        ({"arms": [{"model": "capsnet", "scientific": {"routing_iters": ["three"]}}]}, "routing_iters = 'three' should be of type int"),
-        ({"arms": [{"model": "capsnet", "scientific": {"routing_iters": [0]}}]}, "routing_iters must be >= 1"),
-        ({"arms": [{"model": "capsnet", "scientific": {"recon_weight": [-0.1]}}]}, "recon_weight must be >= 0"),
+        ({"arms": [{"model": "capsnet", "scientific": {"routing_iters": ["three"]}}]}, "routing_iters: input should be a valid integer, got 'three'"),
+        ({"arms": [{"model": "capsnet", "scientific": {"routing_iters": [0]}}]}, "routing_iters: input should be greater than or equal to 1, got 0"),
+        ({"arms": [{"model": "capsnet", "scientific": {"recon_weight": [-0.1]}}]}, "recon_weight: input should be greater than or equal to 0, got -0.1"),
         ({"arms": [{"model": "capsnet", "scientific": {"wings": [2]}}]}, "'wings' is neither"),
         ({"arms": [{"model": "capsnet", "scientific": {"augmentation": ["flip"]}}]}, "unknown augmentation"),
-        ({"profiles": {"turbo": {"seeds": [0]}}}, "unknown profile 'turbo'"),
-        ({"profiles": {"smoke": {"seeds": []}}}, "seeds must be a non-empty list"),
-        ({"profiles": {"smoke": {"seeds": [0], "epochs": 0}}}, "epochs must be >= 1"),
-        ({"profiles": {"smoke": {"seeds": [0], "budget": 3}}}, "unknown key(s) budget"),
+        ({"profiles": {"turbo": {"seeds": [0]}}}, "profiles.turbo: key 'turbo': input should be 'smoke'"),
+        ({"profiles": {"smoke": {"seeds": []}}}, "profiles.smoke.seeds: value []: list should have at least 1 item"),
+        ({"profiles": {"smoke": {"seeds": [0], "epochs": 0}}}, "profiles.smoke: epochs: input should be greater than or equal to 1, got 0"),
+        ({"profiles": {"smoke": {"seeds": [0], "budget": 3}}}, "profiles.smoke: unknown key 'budget'"),
         ({"nuisance": {"lr": {"low": 1.0, "high": 0.1}}}, "low must be below high"),
         ({"nuisance": {"lr": {"low": 1e-4, "high": 1e-2}}, "profiles": {"smoke": {"seeds": [0], "nuisance_trials": 2}}},
          "needs val_size > 0"),
@@ -53,12 +54,60 @@ def test_invalid_specs_name_the_problem(overrides, fragment):
 def test_builtin_ablation_is_the_paper_grid_and_more():
     spec = load_spec("ablation")
     assert "ablation" in builtin_names()
-    capsnet = [p for p in spec.points("paper") if p.model == "capsnet"]
-    assert len({p.config_key for p in capsnet}) == 3 * 2 * 2  # routing x reconstruction x augmentation
+    capsnet = {p.config_key for p in spec.points("paper") if p.model == "capsnet"}
+    # routing x reconstruction at shift2, plus the paper's configuration without augmentation
+    assert len(capsnet) == 3 * 2 + 1
+    assert "capsnet|augmentation=none|recon_weight=0.0005|routing_iters=3" in capsnet
     assert {p.seed for p in spec.points("paper")} == {0, 1, 2}
-    assert {p.model for p in spec.points("quick")} == {"capsnet", "cnn_paper", "cnn_pool"}
+    quick = spec.points("quick")
+    assert {p.model for p in quick} == {"capsnet", "cnn_pool"} and {p.seed for p in quick} == {0, 1, 2}
+    assert len(quick) == (2 * 2 + 1 + 2) * 3
     assert set(spec.profiles) == {"smoke", "quick", "standard", "paper"}
     assert load_spec("ablation", dataset="fashion_mnist").dataset == "fashion_mnist"
+
+
+def test_two_arms_reaching_one_configuration_give_one_point():
+    data = base(arms=[
+        {"model": "capsnet", "scientific": {"routing_iters": [1, 3]}},
+        {"model": "capsnet", "scientific": {"augmentation": ["none", "shift2"]}},
+    ])
+    data["fixed"] = {"augmentation": "shift2"}
+    points = parse_spec(data, "t.toml").points("smoke")
+    keys = [p.config_key for p in points]
+    # arm 2's shift2 point is arm 1's routing 3 point: trained once
+    assert len(keys) == 3 * 2 and len(set(keys)) == 3
+    assert set(keys) == {"capsnet|augmentation=shift2|routing_iters=1", "capsnet|augmentation=shift2|routing_iters=3",
+                         "capsnet|augmentation=none|routing_iters=3"}
+
+
+def test_arms_that_reach_one_configuration_must_agree_on_the_rest():
+    data = base(arms=[
+        {"model": "capsnet", "scientific": {"routing_iters": [1, 3]}},
+        {"model": "capsnet", "scientific": {"augmentation": ["shift2"]}, "fixed": {"lr": 0.01}},
+    ])
+    data["fixed"] = {"augmentation": "shift2"}
+    with pytest.raises(SpecError, match="like an earlier arm"):
+        parse_spec(data, "t.toml")
+
+
+def test_a_profile_sets_recipe_parameters_and_bf16_auto():
+    data = base()
+    data["profiles"]["smoke"].update(batch_size=16, lr=0.002, bf16="auto")
+    spec = parse_spec(data, "t.toml")
+    config = spec.train_config(spec.points("smoke")[0], "smoke", device="cpu")
+    assert config.batch_size == 16 and config.lr == 0.002 and isinstance(config.bf16, bool)
+
+
+def test_a_profile_cannot_fix_a_scientific_parameter():
+    data = base()
+    data["profiles"]["smoke"]["routing_iters"] = 3
+    with pytest.raises(SpecError, match="scientific parameter; restrict its values with grid"):
+        parse_spec(data, "t.toml")
+
+
+def test_a_study_refuses_a_dataset_it_does_not_support():
+    with pytest.raises(SpecError, match="runs on mnist only, not 'fashion_mnist'"):
+        load_spec("affnist", dataset="fashion_mnist")
 
 
 def test_unknown_study_lists_the_builtin_ones():

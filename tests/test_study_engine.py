@@ -45,21 +45,40 @@ def test_make_study_runs_the_engine_with_profile_and_study():
 def test_smoke_study_writes_every_report_file(smoke):
     results, _ = smoke
     out = results / "smoke"
-    for name in ["ablation.csv", "ablation-table1.md", "ablation-table1.tex", "ablation-error.png", "REPORT.md"]:
+    for name in ["ablation.csv", "ablation-trials.csv", "ablation-table1.md", "ablation-table1.tex", "ablation-error.png",
+                 "ablation-effects.csv", "ablation-effects.md", "ablation-effects.tex", "ablation-effects.png",
+                 "REPORT.md"]:
         assert (out / name).stat().st_size > 0, name
-    frame = pd.read_csv(out / "ablation.csv")
+    trials = pd.read_csv(out / "ablation-trials.csv")
     # smoke grid: capsnet routing {1,3} x recon {0, 0.0005} x shift2, cnn_pool x shift2; 2 seeds
-    assert len(frame) == 10
+    assert len(trials) == 10
     for column in ["model", "routing_iters", "recon_weight", "augmentation", "seed", "test_error",
-                   "train_seconds", "params", "device", "torch_version", "train_images", "epochs"]:
-        assert column in frame, column
-    assert set(frame["model"]) == {"capsnet", "cnn_pool"}
+                   "train_seconds", "params", "device", "torch_version", "train_images", "epochs", "dtype"]:
+        assert column in trials, column
+    assert set(trials["model"]) == {"capsnet", "cnn_pool"}
+    # the summary: one row per configuration, with n, mean, sd and the 95% t interval over seeds
+    summary = pd.read_csv(out / "ablation.csv")
+    assert len(summary) == 5 and set(summary["n"]) == {2}
+    for column in ["test_error_mean", "test_error_sd", "ci95_low", "ci95_high", "params", "paper_error"]:
+        assert column in summary, column
+    errors = trials.groupby(["model", "routing_iters", "recon_weight"], dropna=False)["test_error"].mean() * 100
+    assert sorted(summary["test_error_mean"].round(6)) == sorted(errors.round(6))
     table = (out / "ablation-table1.md").read_text().strip().splitlines()
     assert len(table) == 2 + 5  # header, rule, 5 configurations
     assert "0.25 ± 0.005" in (out / "ablation-table1.md").read_text()  # the paper beside ours
     assert "\\toprule" in (out / "ablation-table1.tex").read_text()
+    effects = pd.read_csv(out / "ablation-effects.csv")
+    for column in ["comparison", "within", "n", "mean_difference", "ci95_low", "ci95_high", "p_paired_t",
+                   "p_sign_flip_exact", "seeds_for_80pct_power"]:
+        assert column in effects, column
+    comparisons = set(effects["comparison"])
+    assert {"capsnet: routing_iters 3 − 1", "capsnet: recon_weight 0.0005 − 0.0",
+            "capsnet (recon_weight=0.0005, routing_iters=3) − cnn_pool"} <= comparisons
+    assert set(effects["n"]) == {2}
     report = (out / "REPORT.md").read_text()
-    assert "training images per trial 64" in report and "seeds 0, 1" in report and "ablation-error.png" in report
+    assert "64 training images" in report and "seeds 0, 1" in report and "ablation-error.png" in report
+    assert report.index("## Findings") < report.index("## Routing and reconstruction ablation")
+    assert "`cnn_paper`: standard and paper profiles only" in report
 
 
 def test_running_again_trains_nothing(smoke):
@@ -131,7 +150,7 @@ def test_dataset_override_runs_fashion_mnist(tmp_path):
     done = studies_cli("run", "--study", str(write_spec(tmp_path)), "--profile", "smoke", "--dataset", "fashion_mnist",
                        "--no-progress", results=results)
     assert done.returncode == 0, done.stderr
-    frame = pd.read_csv(results / "smoke" / "tiny-fashion_mnist.csv")
+    frame = pd.read_csv(results / "smoke" / "tiny-fashion_mnist-trials.csv")
     assert len(frame) == 4
     assert "fashion_mnist" in (results / "smoke" / "REPORT.md").read_text()
 

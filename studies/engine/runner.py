@@ -27,6 +27,13 @@ from studies.training.train import Diverged, train
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 POINT_ATTR = "point"
+# The point's values (model, scientific parameters, seed) as a dict: the trial's coordinates. They
+# are not Optuna parameters, whose fixed categorical choices would refuse a spec that grows.
+VALUES_ATTR = "values"
+# A hash of everything the result depends on besides the point (the whole training configuration,
+# the kind's settings, the robustness set): trials of an older budget keep their results but are
+# superseded, never mixed into a table.
+IDENTITY_ATTR = "identity"
 FAILURE_ATTR = "failure"
 HEARTBEAT_ATTR = "heartbeat"
 MAX_CRASH_RETRIES = 3
@@ -64,30 +71,29 @@ def open_study(spec: StudySpec, options: RunOptions) -> optuna.Study:
     return study
 
 
-def param_choices(spec: StudySpec, profile: str) -> dict[str, list[Any]]:
-    """Categorical choices of every trial parameter; fixed per (spec, profile)."""
-    choices: dict[str, list[Any]] = defaultdict(list)
-    for point in spec.points(profile):
-        for key, value in (("model", point.model), *point.values, ("seed", point.seed)):
-            if value not in choices[key]:
-                choices[key].append(value)
-    return dict(choices)
-
-
-def point_params(point: Point) -> dict[str, Any]:
+def point_values(point: Point) -> dict[str, Any]:
     return {"model": point.model, **dict(point.values), "seed": point.seed}
+
+
+def identity_hash(config: dict[str, Any], task_identity: dict[str, Any]) -> str:
+    """Everything a trial's result depends on but the device it ran on and where files are."""
+    run_independent = {"device", "data_root", "progress"}
+    payload = {"config": {k: v for k, v in config.items() if k not in run_independent}, "task": task_identity}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _is_terminal_failure(trial: optuna.trial.FrozenTrial) -> bool:
     return str(trial.user_attrs.get(FAILURE_ATTR, "")).startswith("diverged")
 
 
-def point_states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, str]:
-    """Per point key: done, failed (terminal), pending (waiting/running) or retry."""
+def point_states(trials: list[optuna.trial.FrozenTrial], identities: dict[str, str]) -> dict[str, str]:
+    """Per point key: done, failed (terminal), pending (waiting/running) or retry. Only trials of
+    the point's current identity count; `identities` maps each point key to it."""
     by_point: dict[str, list[optuna.trial.FrozenTrial]] = defaultdict(list)
     for trial in trials:
-        if POINT_ATTR in trial.user_attrs:
-            by_point[trial.user_attrs[POINT_ATTR]].append(trial)
+        key = trial.user_attrs.get(POINT_ATTR)
+        if key in identities and trial.user_attrs.get(IDENTITY_ATTR) == identities[key]:
+            by_point[key].append(trial)
     states = {}
     for key, group in by_point.items():
         if any(t.state == TrialState.COMPLETE for t in group):
@@ -158,13 +164,14 @@ class Heartbeat:
         self._thread.join()
 
 
-def _superseded(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
-    """Another trial of the same point is complete, or running with a lower number.
+def _superseded(study: optuna.Study, trial: optuna.Trial, key: str, identity: str) -> bool:
+    """Another trial of the same point and identity is complete, or running with a lower number.
 
     Two workers can enqueue the same missing point at once; the lowest-numbered live
     trial wins and the others stand down, so every point trains once."""
     for other in study.get_trials(deepcopy=False):
-        if other.number == trial.number or other.user_attrs.get(POINT_ATTR) != key:
+        if (other.number == trial.number or other.user_attrs.get(POINT_ATTR) != key
+                or other.user_attrs.get(IDENTITY_ATTR) != identity):
             continue
         if other.state == TrialState.COMPLETE:
             return True
@@ -176,19 +183,23 @@ def _superseded(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
 class StudyRunner:
     def __init__(self, spec: StudySpec, options: RunOptions):
         self.spec, self.options = spec, options
-        profile = spec.profile(options.profile)
-        preflight(spec, profile, spec.train_config(spec.points(options.profile)[0], options.profile,
-                                                   device=options.device, data_root=options.data_root))
-        self.study = open_study(spec, options)
+        self.profile = spec.profile(options.profile)
         self.points = {p.key: p for p in spec.points(options.profile)}
-        self.choices = param_choices(spec, options.profile)
+        first = next(iter(self.points.values()))
+        task_identity = preflight(spec, self.profile, self._config(first))
+        self.configs = {key: self._config(point) for key, point in self.points.items()}
+        self.identities = {key: identity_hash(config.to_dict(), task_identity) for key, config in self.configs.items()}
+        self.study = open_study(spec, options)
+
+    def states(self) -> dict[str, str]:
+        return point_states(self.study.get_trials(deepcopy=False), self.identities)
 
     def missing(self) -> list[Point]:
-        states = point_states(self.study.get_trials(deepcopy=False))
+        states = self.states()
         return [p for key, p in self.points.items() if states.get(key) in (None, "retry")]
 
     def counts(self) -> dict[str, int]:
-        states = point_states(self.study.get_trials(deepcopy=False))
+        states = self.states()
         counts: dict[str, int] = defaultdict(int)
         for key in self.points:
             counts[states.get(key, "missing")] += 1
@@ -202,7 +213,9 @@ class StudyRunner:
         while True:
             fail_stale_trials(self.study, self.options.grace_s)
             for point in self.missing():
-                self.study.enqueue_trial(point_params(point), user_attrs={POINT_ATTR: point.key})
+                self.study.enqueue_trial({}, user_attrs={
+                    POINT_ATTR: point.key, VALUES_ATTR: point_values(point), IDENTITY_ATTR: self.identities[point.key],
+                })
             counts = self.counts()
             bar.n = counts["done"] + counts["failed"]
             bar.refresh()
@@ -223,26 +236,24 @@ class StudyRunner:
 
     def _run_trial(self, trial: optuna.Trial) -> None:
         key = trial.user_attrs.get(POINT_ATTR)
+        identity = trial.user_attrs.get(IDENTITY_ATTR)
         point = self.points.get(key)
-        if point is None or _superseded(self.study, trial, key):
+        if point is None or identity != self.identities.get(key) or _superseded(self.study, trial, key, identity):
             trial.set_user_attr(FAILURE_ATTR, "superseded: this point is trained by another trial")
             self.study.tell(trial, state=TrialState.PRUNED)
             return
         with Heartbeat(self.study, trial._trial_id, self.options.heartbeat_s):
-            for name, value in point_params(point).items():
-                trial.suggest_categorical(name, self.choices[name])
             nuisance = self._tune_nuisance(point)
             if nuisance:
                 trial.set_user_attr("nuisance", nuisance)
             config = self._config(point, nuisance)
             trial.set_user_attr("config", config.to_dict())
             started = time.time()
-            checkpoint = self._checkpoint_path(key)
+            checkpoint = self._checkpoint_path(key, identity)
             if checkpoint.exists():
                 tqdm.write(f"resuming {key} from its last checkpoint")
             try:
-                outcome = TASKS[self.spec.kind](self.spec, self.spec.profile(self.options.profile), config,
-                                                TrainHooks(checkpoint=checkpoint))
+                outcome = TASKS[self.spec.kind](self.spec, self.profile, config, TrainHooks(checkpoint=checkpoint))
             except Diverged as error:
                 trial.set_user_attr(FAILURE_ATTR, f"diverged: {error}")
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -262,8 +273,8 @@ class StudyRunner:
         tqdm.write(f"done {key}: test error {100 * outcome.metrics['test_error']:.2f}% "
                    f"in {time.time() - started:.0f} s")
 
-    def _checkpoint_path(self, key: str):
-        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    def _checkpoint_path(self, key: str, identity: str):
+        digest = hashlib.sha1(f"{key}|{identity}".encode()).hexdigest()[:16]
         return self.options.results / "checkpoints" / self.study.study_name / f"{digest}.pt"
 
     def _config(self, point: Point, overrides: dict[str, Any] | None = None):
@@ -277,7 +288,7 @@ class StudyRunner:
 
         A sibling study per configuration, TPE with MedianPruner on the per-epoch validation
         accuracy of the profile's first seed; workers share its trial budget."""
-        profile = self.spec.profile(self.options.profile)
+        profile = self.profile
         if not self.spec.nuisance or profile.nuisance_trials == 0:
             return {}
         tuning = optuna.create_study(

@@ -1,15 +1,19 @@
 """What a trial does once its configuration is known, per study kind.
 
 - `accuracy`: train, then test on the clean test set.
-- `affnist`: train on expanded MNIST (40x40 canvas); the first epoch whose clean
-  expanded-MNIST test accuracy reaches the profile's target is the checkpoint tested on
-  affNIST (official files when present, else the generated affNIST-style set), so models are
-  compared at matched clean accuracy.
-- `rotation`: train on 28x28, then sweep the test set over rotation angles and shifts.
+- `affnist`: train on expanded MNIST (40x40 canvas) until the validation split (held out from the
+  training images) reaches the profile's target accuracy, checked every few steps; that model is
+  tested on the clean expanded-MNIST test set and on affNIST (the official files when present,
+  else the generated affNIST-style set), so models are compared at matched clean accuracy. The
+  paper early-stopped on its test set; choosing the checkpoint on the test set would make the
+  reported clean accuracy an optimistic, selected number, so we never do.
+- `rotation`: train on 28x28 (to the same kind of matched validation accuracy when the profile
+  sets a target), then sweep the test set over rotation angles and horizontal shifts.
 Each returns the metrics to store on the trial and, optionally, long-form rows.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,10 +22,20 @@ import torch
 
 from studies.data import affnist, affnist_style, augment
 from studies.data.datasets import default_data_root
+from studies.spec.schema import AffnistSettings, Matching, RotationSettings
 from studies.spec.study import Profile, StudySpec
 from studies.training.config import TrainConfig
 from studies.training.devices import resolve_device
-from studies.training.train import Split, StopTraining, build_model, evaluate, load_splits, train
+from studies.training.train import (
+    Progress,
+    Split,
+    StopTraining,
+    TrainResult,
+    build_model,
+    evaluate,
+    load_splits,
+    train,
+)
 
 
 @dataclass
@@ -53,7 +67,7 @@ def task(kind: str):
     return decorator
 
 
-def train_metrics(result) -> dict[str, Any]:
+def train_metrics(result: TrainResult) -> dict[str, Any]:
     """The metrics every trained trial stores, whatever its kind."""
     return {
         "test_accuracy": result.test_accuracy,
@@ -62,6 +76,7 @@ def train_metrics(result) -> dict[str, Any]:
         "train_images_per_s": result.train_images_per_s,
         "params": result.params,
         "train_images": result.train_images,
+        "images_seen": result.images_seen,
         "test_images": result.test_images,
         "epochs": len(result.history),
         "device": result.device,
@@ -75,6 +90,60 @@ def accuracy_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks:
     return TaskOutcome(metrics=train_metrics(train(config, checkpoint=hooks.checkpoint)))
 
 
+# --- training to a matched clean accuracy -------------------------------------------------------
+
+class MatchTarget:
+    """A StepCheck: stop training at the first check whose validation accuracy reaches the target.
+
+    Validation is evaluated only when the training accuracy since the previous check is within
+    `screen_margin` of the target (it costs nothing to compute; early in training it is far
+    below), so checks can be frequent and the match lands close to the target."""
+
+    def __init__(self, settings: Matching, val: Split, config: TrainConfig):
+        self.every, self.target, self.margin = settings.check_every, settings.target_accuracy, settings.screen_margin
+        self.val, self.config = val, config
+        self.evaluations = 0
+        self.last_val: float | None = None
+        self.matched: dict[str, Any] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.train_accuracy < self.target - self.margin:
+            return
+        accuracy = evaluate(progress.model, self.val, self.config.eval_batch_size, bf16=self.config.bf16)
+        self.evaluations += 1
+        self.last_val = accuracy
+        if accuracy >= self.target:
+            self.matched = {"step": progress.step, "images": progress.images, "val_accuracy": accuracy}
+            raise StopTraining
+
+
+def matched_training(settings: Matching, config: TrainConfig, hooks: TrainHooks,
+                     splits: tuple[Split, Split | None, Split]) -> tuple[torch.nn.Module, TrainResult, dict[str, Any]]:
+    """Train until the validation split reaches `settings.target_accuracy` (or the budget ends);
+    the model returned is the one at the match. The test split is evaluated by `train` after
+    training stopped, never before the match."""
+    if splits[1] is None:
+        raise ValueError("matching clean accuracy needs a validation split (val_size > 0)")
+    matcher = MatchTarget(settings, splits[1], config)
+    model = build_model(config)
+    result = train(config, None, model, hooks.checkpoint, splits, check=matcher)
+    matched = matcher.matched or {}
+    final_val = matcher.last_val
+    if not matched:  # the budget ran out: say where validation ended
+        final_val = evaluate(model, splits[1], config.eval_batch_size, bf16=config.bf16)
+    return model, result, {
+        "target_accuracy": settings.target_accuracy,
+        "reached_target": bool(matched),
+        "matched_step": matched.get("step"),
+        "matched_images": matched.get("images"),
+        "matched_val_accuracy": matched.get("val_accuracy"),
+        "final_val_accuracy": final_val,
+        "val_evaluations": matcher.evaluations,
+        "val_images": len(splits[1]),
+        "check_every": settings.check_every,
+    }
+
+
 # --- affNIST at matched clean accuracy ------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -83,82 +152,70 @@ class RobustnessSet:
     name: str
     details: dict[str, Any]
 
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What must match for two trials to have been tested on the same set."""
+        return {"robustness_set": self.name, **self.details}
+
+
+_ROBUSTNESS_SETS: dict[tuple, RobustnessSet] = {}
+
 
 def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> RobustnessSet:
-    """Official affNIST test files when present under the data root, else the generated set."""
+    """Official affNIST test files when present under the data root, else the generated set;
+    loaded once per process and settings."""
+    settings: AffnistSettings = profile.settings
     device = resolve_device(config.device)
     root = Path(config.data_root) if config.data_root else default_data_root()
-    size = profile.extra.get("affnist_size")
+    key = (str(root), settings.model_dump_json(), str(device))
+    if key in _ROBUSTNESS_SETS:
+        return _ROBUSTNESS_SETS[key]
     if affnist.find_affnist(root) is not None:
         images, labels = affnist.load_affnist(root, "test")
         name, details = "affNIST", {"source": "official affNIST test files"}
     else:
-        ranges = affnist_style.AffineRanges(**spec.settings.get("ranges", {}))
+        ranges = affnist_style.AffineRanges(**settings.ranges.model_dump())
         generated = affnist_style.mnist_affnist_style(
-            ranges, copies=int(spec.settings.get("copies", 1)), seed=int(spec.settings.get("generator_seed", 0)),
-            device=device, root=config.data_root and Path(config.data_root),
+            ranges, copies=settings.copies, seed=settings.generator_seed, device=device,
+            root=config.data_root and Path(config.data_root),
         )
         images, labels = generated.images, generated.labels
         name, details = affnist_style.DESCRIPTION, {
             "ranges": ranges.as_dict(), "copies": generated.copies, "generator_seed": generated.seed,
         }
-    if size:
-        images, labels = images[:size], labels[:size]
+    if settings.affnist_size:
+        images, labels = images[: settings.affnist_size], labels[: settings.affnist_size]
     details["images"] = int(labels.shape[0])
-    return RobustnessSet(Split(images.unsqueeze(1).to(device), labels.to(device)), name, details)
+    details["fingerprint"] = affnist_style.source_fingerprint(images.cpu(), labels.cpu())
+    chosen = RobustnessSet(Split(images.unsqueeze(1).to(device), labels.to(device)), name, details)
+    _ROBUSTNESS_SETS[key] = chosen
+    return chosen
 
 
 @task("affnist")
 def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
-    target = float(profile.extra.get("target_accuracy", spec.settings.get("target_accuracy", 0.992)))
+    settings: AffnistSettings = profile.settings
     splits = load_splits(config, resolve_device(config.device))
-    clean_test = splits[2]
     robustness = affnist_set(spec, profile, config)
-    matched: dict[str, Any] = {}
-
-    def check_target(record, model):
-        clean = evaluate(model, clean_test, config.eval_batch_size, bf16=config.bf16)
-        record["clean_accuracy"] = clean
-        if clean >= target:
-            matched.update(epoch=record["epoch"], clean_accuracy=clean,
-                           affnist_accuracy=evaluate(model, robustness.split, config.eval_batch_size, bf16=config.bf16))
-            raise StopTraining
-
-    model = build_model(config)
-    result = train(config, check_target, model, hooks.checkpoint, splits)
+    model, result, matching = matched_training(settings, config, hooks, splits)
+    accuracy = evaluate(model, robustness.split, config.eval_batch_size, bf16=config.bf16)
     metrics = train_metrics(result)
     metrics.update(
-        target_accuracy=target,
-        reached_target=bool(matched),
-        matched_epoch=matched.get("epoch"),
-        clean_accuracy=matched.get("clean_accuracy", result.test_accuracy),
-        # Only a checkpoint at the target is compared; the final model of one that never got
-        # there is measured too, but reported apart.
-        affnist_accuracy=matched.get("affnist_accuracy"),
-        unmatched_affnist_accuracy=None if matched else evaluate(
-            model, robustness.split, config.eval_batch_size, bf16=config.bf16
-        ),
+        matching,
+        clean_accuracy=result.test_accuracy,
+        # Only a model at the target is compared; one that never got there is measured too, but
+        # reported apart.
+        affnist_accuracy=accuracy if matching["reached_target"] else None,
+        unmatched_affnist_accuracy=None if matching["reached_target"] else accuracy,
         robustness_set=robustness.name,
         robustness_details=robustness.details,
     )
     return TaskOutcome(metrics=metrics)
 
 
-PREFLIGHTS: dict[str, Callable[[StudySpec, Profile, TrainConfig], object]] = {"affnist": affnist_set}
-
-
-def preflight(spec: StudySpec, profile: Profile, config: TrainConfig) -> None:
-    """Load what every trial will need once, so bad input fails before anything is stored."""
-    from studies.data import datasets
-
-    datasets.prepare(spec.dataset, config.data_root)
-    if spec.kind in PREFLIGHTS:
-        PREFLIGHTS[spec.kind](spec, profile, config)
-
-
 # --- rotation and translation sweeps ------------------------------------------------------
 
-def _sweep(model, split: Split, batch_size: int, transform: str, amounts: list[float]) -> list[dict[str, Any]]:
+def _sweep(model, split: Split, config: TrainConfig, transform: str, amounts) -> list[dict[str, Any]]:
     rows = []
     for amount in amounts:
         if transform == "rotation":
@@ -168,20 +225,43 @@ def _sweep(model, split: Split, batch_size: int, transform: str, amounts: list[f
             def edit(images, amount=amount):
                 offsets = torch.full((images.shape[0],), int(amount), device=images.device)
                 return augment.shift(images, torch.zeros_like(offsets), offsets, abs(int(amount)))
-        rows.append({"transform": transform, "amount": amount, "accuracy": evaluate(model, split, batch_size, edit)})
+        accuracy = evaluate(model, split, config.eval_batch_size, edit, bf16=config.bf16)
+        rows.append({"transform": transform, "amount": amount, "accuracy": accuracy})
     return rows
 
 
 @task("rotation")
 def rotation_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
-    angles = list(spec.settings.get("angles", range(-180, 181, 15)))
-    shifts = list(spec.settings.get("shifts", range(-6, 7, 2)))
-    angles = list(profile.extra.get("angles", angles))
-    shifts = list(profile.extra.get("shifts", shifts))
+    settings: RotationSettings = profile.settings
     splits = load_splits(config, resolve_device(config.device))
-    model = build_model(config)
-    result = train(config, None, model, hooks.checkpoint, splits)
+    if settings.target_accuracy is not None:
+        model, result, matching = matched_training(settings, config, hooks, splits)
+    else:
+        model = build_model(config)
+        result, matching = train(config, None, model, hooks.checkpoint, splits), {}
     test = splits[2]
-    rows = _sweep(model, test, config.eval_batch_size, "rotation", angles)
-    rows += _sweep(model, test, config.eval_batch_size, "translation", shifts)
-    return TaskOutcome(metrics=train_metrics(result), rows=rows)
+    rows = _sweep(model, test, config, "rotation", settings.angles)
+    rows += _sweep(model, test, config, "translation", settings.shifts)
+    metrics = train_metrics(result)
+    metrics.update(matching, clean_accuracy=result.test_accuracy)
+    return TaskOutcome(metrics=metrics, rows=rows)
+
+
+# --- what a trial's identity depends on besides its training configuration -------------------
+
+def task_identity(spec: StudySpec, profile: Profile, config: TrainConfig) -> dict[str, Any]:
+    """The kind's settings, and for affNIST which robustness set (official or generated, with its
+    fingerprint): changing any of them retrains instead of mixing old results in."""
+    identity: dict[str, Any] = {"settings": json.loads(profile.settings.model_dump_json())}
+    if spec.kind == "affnist":
+        identity["robustness"] = affnist_set(spec, profile, config).identity
+    return identity
+
+
+def preflight(spec: StudySpec, profile: Profile, config: TrainConfig) -> dict[str, Any]:
+    """Load what every trial will need once, so bad input fails before anything is stored; returns
+    the task identity (`task_identity`)."""
+    from studies.data import datasets
+
+    datasets.prepare(spec.dataset, config.data_root)
+    return task_identity(spec, profile, config)

@@ -1,9 +1,15 @@
 """Declarative study specs: TOML files loaded into typed, validated dataclasses.
 
-Vocabulary of the tuning playbook: *scientific* parameters are the ones a study compares
-(its grid), *nuisance* parameters are tuned separately for every grid point so that the
-comparison is fair, and *fixed* parameters hold for every trial. A profile sets the budget
-(training images, epochs, seeds) for one kind of machine.
+Vocabulary of the tuning playbook: *scientific* parameters are the ones a study compares (its
+grid), *nuisance* parameters are tuned separately for every grid point so that the comparison is
+fair, and *fixed* parameters hold for every trial. A profile sets the budget (training images,
+epochs, seeds) and the recipe for one kind of machine; whatever it sets is a fixed parameter of
+that profile.
+
+Arms may repeat a model with another grid (e.g. routing x reconstruction at shift2, and
+augmentation alone at the paper's configuration). A point carries the values of every scientific
+parameter of its model, filled in from the arm's fixed values or the defaults, so two arms that
+reach the same configuration give the same point, trained once.
 """
 from __future__ import annotations
 
@@ -14,19 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 import models
-from studies.data import datasets
+from models.fields import check_value
+from studies.spec import schema
+from studies.spec.schema import first_problem, merged_settings
 from studies.training.config import TrainConfig
+from studies.training.devices import bf16_supported, resolve_device
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
-PROFILES = ("smoke", "quick", "standard", "paper")
-STUDY_KINDS = ("accuracy", "affnist", "rotation", "throughput")
-# Parameters of TrainConfig that a study may set; the rest belong to the engine.
+STUDY_KINDS = tuple(schema.KIND_SETTINGS)
+# Training parameters a study may set; the others belong to the engine (which model, seed, data
+# location, device, progress bars).
 TRAIN_KEYS = tuple(
     f.name for f in dataclasses.fields(TrainConfig)
     if f.name not in {"model", "model_options", "seed", "dataset", "data_root", "progress", "device"}
 )
-BUDGET_KEYS = ("epochs", "train_size", "val_size", "test_size", "batch_size", "eval_batch_size")
+# A profile may ask for bf16 wherever the device has it (CUDA, or a CPU with AMX or AVX512-BF16).
+BF16_AUTO = "auto"
 
 
 class SpecError(ValueError):
@@ -56,21 +68,26 @@ class Nuisance:
 class Profile:
     name: str
     seeds: tuple[int, ...]
-    budget: dict[str, Any]
+    # The training parameters the profile fixes: budget (train_size, epochs, ...) and recipe
+    # (batch_size, lr, bf16, ...).
+    recipe: dict[str, Any]
     # Per-profile restriction of scientific values, e.g. fewer routing iterations in smoke.
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     models: tuple[str, ...] | None = None
     nuisance_trials: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The study kind's settings for this profile ([settings] with the profile's `extra` over it).
+    settings: schema.Strict = field(default_factory=schema.NoSettings)
 
 
 @dataclass(frozen=True)
 class Point:
-    """One trial of the study: a model, its scientific values and a seed."""
+    """One trial of the study: a model, the values of its scientific parameters and a seed."""
 
     model: str
     values: tuple[tuple[str, Any], ...]
     seed: int
+    # The arm that produced the point first (its fixed parameters apply); not part of its identity.
+    arm: int = field(default=0, compare=False)
 
     @property
     def key(self) -> str:
@@ -93,191 +110,72 @@ class StudySpec:
     nuisance: tuple[Nuisance, ...]
     profiles: dict[str, Profile]
     source: str
-    # Kind-specific settings (e.g. angles of a rotation sweep), validated by that kind.
-    settings: dict[str, Any] = field(default_factory=dict)
+    # The datasets on which the study's question makes sense (None: all).
+    datasets: tuple[str, ...] | None = None
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
             raise SpecError(f"{self.source}: no profile {name!r}; defined: {', '.join(self.profiles)}")
         return self.profiles[name]
 
+    def supports(self, dataset: str) -> bool:
+        return self.datasets is None or dataset in self.datasets
+
+    def scientific_names(self, model: str) -> list[str]:
+        """Every parameter that some arm of `model` varies, sorted."""
+        return sorted({name for arm in self.arms if arm.model == model for name in arm.scientific})
+
     def points(self, profile: str) -> list[Point]:
-        """Every grid point x seed of a profile, in a stable order."""
+        """Every grid point x seed of a profile, in a stable order, each configuration once."""
         chosen = self.profile(profile)
-        points = []
-        for arm in self.arms:
+        points: dict[str, Point] = {}
+        for index, arm in enumerate(self.arms):
             if chosen.models is not None and arm.model not in chosen.models:
                 continue
             grid = {k: chosen.grid.get(k, v) for k, v in arm.scientific.items()}
             names = sorted(grid)
             for combo in itertools.product(*(grid[k] for k in names)):
+                values = self._all_scientific(index, dict(zip(names, combo)), profile)
                 for seed in chosen.seeds:
-                    points.append(Point(arm.model, tuple(zip(names, combo)), seed))
-        return points
+                    point = Point(arm.model, values, seed, index)
+                    points.setdefault(point.key, point)
+        return list(points.values())
 
-    def arm(self, model: str) -> Arm:
-        return next(arm for arm in self.arms if arm.model == model)
+    def _all_scientific(self, index: int, combo: dict[str, Any], profile: str) -> tuple[tuple[str, Any], ...]:
+        """The combination plus the values this arm gives the model's other scientific parameters."""
+        arm = self.arms[index]
+        config = self._train_config(index, combo, 0, profile, {}, {})
+        model_config = models.make_config(arm.model, **config.model_options)
+        values = {}
+        for name in self.scientific_names(arm.model):
+            values[name] = combo[name] if name in combo else (
+                getattr(model_config, name) if name in models.option_names(arm.model) else getattr(config, name))
+        return tuple(sorted(values.items()))
 
     def train_config(self, point: Point, profile: str, overrides: dict[str, Any] | None = None, **engine) -> TrainConfig:
-        """The TrainConfig of a point: fixed < arm fixed < profile budget < scientific < overrides."""
-        arm = self.arm(point.model)
-        values = {**self.fixed, **arm.fixed, **self.profile(profile).budget, **dict(point.values), **(overrides or {})}
-        option_names = set(models.option_names(point.model))
+        """The TrainConfig of a point: fixed < arm fixed < profile < scientific < overrides."""
+        return self._train_config(point.arm, dict(point.values), point.seed, profile, overrides or {}, engine)
+
+    def _train_config(self, index: int, scientific: dict[str, Any], seed: int, profile: str,
+                      overrides: dict[str, Any], engine: dict[str, Any]) -> TrainConfig:
+        arm = self.arms[index]
+        values = {**self.fixed, **arm.fixed, **self.profile(profile).recipe, **scientific, **overrides}
+        if values.get("bf16") == BF16_AUTO:
+            values["bf16"] = bf16_supported(resolve_device(engine.get("device", "auto")))
+        option_names = set(models.option_names(arm.model))
         model_options = {k: v for k, v in values.items() if k in option_names}
         train_values = {k: v for k, v in values.items() if k in TRAIN_KEYS}
-        return TrainConfig(
-            model=point.model, model_options=model_options, dataset=self.dataset, seed=point.seed,
-            **train_values, **engine,
-        )
+        return TrainConfig(model=arm.model, model_options=model_options, dataset=self.dataset, seed=seed,
+                           **train_values, **engine)
 
 
-def _expect(condition: bool, source: str, message: str) -> None:
-    if not condition:
-        raise SpecError(f"{source}: {message}")
-
-
-def _check_keys(table: dict, allowed: set[str], source: str, where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    _expect(not unknown, source, f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(sorted(allowed))}")
-
-
-def _expected_type(model: str, key: str) -> type | None:
-    """The type a parameter must have: from the model's config or TrainConfig defaults."""
-    if key in models.option_names(model):
-        return type(getattr(models.config_class(model)(), key))
-    if key in TRAIN_KEYS:
-        default = getattr(TrainConfig(), key)
-        return int if key in ("train_size", "test_size") else type(default)
-    return None
-
-
-def _check_value(model: str, key: str, value: Any, source: str, where: str) -> None:
-    expected = _expected_type(model, key)
-    _expect(expected is not None, source, f"{where}: {key!r} is neither a TrainConfig field nor an option of {model!r}")
-    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if expected is tuple and isinstance(value, list):
-        ok = True
-    _expect(ok, source, f"{where}: {key} = {value!r} should be of type {expected.__name__}")
-
-
-def _load_profile(name: str, table: dict, source: str) -> Profile:
-    where = f"[profiles.{name}]"
-    _expect(name in PROFILES, source, f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
-    allowed = {"seeds", "grid", "models", "nuisance_trials", *BUDGET_KEYS, "extra"}
-    _check_keys(table, allowed, source, where)
-    seeds = table.get("seeds")
-    _expect(isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds),
-            source, f"{where}: seeds must be a non-empty list of integers")
-    _expect(len(set(seeds)) == len(seeds), source, f"{where}: seeds must be distinct")
-    grid = table.get("grid", {})
-    _expect(isinstance(grid, dict), source, f"{where}: grid must be a table")
-    models_ = table.get("models")
-    trials = table.get("nuisance_trials", 0)
-    _expect(isinstance(trials, int) and trials >= 0, source, f"{where}: nuisance_trials must be an integer >= 0")
-    return Profile(
-        name=name,
-        seeds=tuple(seeds),
-        budget={k: table[k] for k in BUDGET_KEYS if k in table},
-        grid={k: tuple(v) for k, v in grid.items()},
-        models=tuple(models_) if models_ is not None else None,
-        nuisance_trials=trials,
-        extra=table.get("extra", {}),
-    )
-
-
-def _load_arm(table: dict, index: int, source: str) -> Arm:
-    where = f"[[arms]] #{index + 1}"
-    _check_keys(table, {"model", "scientific", "fixed"}, source, where)
-    model = table.get("model")
-    _expect(model in models.names(), source, f"{where}: model {model!r} unknown; valid: {', '.join(models.names())}")
-    scientific = table.get("scientific", {})
-    for key, values in scientific.items():
-        _expect(isinstance(values, list) and values, source, f"{where}: scientific.{key} must be a non-empty list")
-        for value in values:
-            _check_value(model, key, value, source, f"{where} scientific")
-    fixed = table.get("fixed", {})
-    for key, value in fixed.items():
-        _check_value(model, key, value, source, f"{where} fixed")
-    return Arm(model=model, scientific={k: tuple(v) for k, v in scientific.items()}, fixed=fixed)
-
-
-def _load_nuisance(table: dict, source: str) -> tuple[Nuisance, ...]:
-    params = []
-    for name, bounds in table.items():
-        where = f"[nuisance] {name}"
-        _expect(name in TRAIN_KEYS, source, f"{where}: only TrainConfig fields can be nuisance parameters")
-        _expect(isinstance(bounds, dict), source, f"{where}: expected {{ low = ..., high = ..., log = ... }}")
-        _check_keys(bounds, {"low", "high", "log"}, source, where)
-        low, high = bounds.get("low"), bounds.get("high")
-        _expect(all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (low, high)),
-                source, f"{where}: low and high must be numbers")
-        _expect(low < high, source, f"{where}: low must be below high")
-        _expect(not bounds.get("log") or low > 0, source, f"{where}: a log range needs low > 0")
-        params.append(Nuisance(name, float(low), float(high), bool(bounds.get("log", False))))
-    return tuple(params)
-
-
-def _validate_configs(spec: StudySpec) -> None:
-    """Build every point's TrainConfig and model config once, so range errors surface now."""
-    for profile in spec.profiles:
-        for model in spec.profile(profile).models or ():
-            _expect(any(a.model == model for a in spec.arms), spec.source,
-                    f"[profiles.{profile}] models: {model!r} has no [[arms]] entry")
-        for key, values in spec.profile(profile).grid.items():
-            arms = [a for a in spec.arms if key in a.scientific]
-            _expect(bool(arms), spec.source, f"[profiles.{profile}] grid: {key!r} is not a scientific parameter")
-            for value in values:
-                _check_value(arms[0].model, key, value, spec.source, f"[profiles.{profile}] grid")
-        for point in spec.points(profile):
-            try:
-                config = spec.train_config(point, profile)
-                models.make_config(config.model, **config.model_options)
-            except ValueError as error:
-                raise SpecError(f"{spec.source}: [profiles.{profile}] {point.key}: {error}") from None
-
-
-def parse_spec(data: dict, source: str) -> StudySpec:
-    allowed = {"name", "title", "kind", "dataset", "fixed", "arms", "nuisance", "profiles", "settings"}
-    _check_keys(data, allowed, source, "the top level")
-    name = data.get("name")
-    _expect(isinstance(name, str) and name.isidentifier(), source, "name must be an identifier-like string")
-    kind = data.get("kind", "accuracy")
-    _expect(kind in STUDY_KINDS, source, f"kind {kind!r} unknown; valid: {', '.join(STUDY_KINDS)}")
-    dataset = data.get("dataset", "mnist")
-    _expect(dataset in datasets.DATASETS, source, f"dataset {dataset!r} unknown; valid: {', '.join(datasets.DATASETS)}")
-    arms = tuple(_load_arm(t, i, source) for i, t in enumerate(data.get("arms", [])))
-    _expect(kind == "throughput" or bool(arms), source, "a study needs at least one [[arms]] entry")
-    fixed = data.get("fixed", {})
-    for key, value in fixed.items():
-        owners = [a.model for a in arms if _expected_type(a.model, key) is not None]
-        _expect(bool(owners) or key in TRAIN_KEYS, source, f"[fixed] {key!r} is neither a TrainConfig field nor a model option")
-        _check_value(owners[0] if owners else arms[0].model, key, value, source, "[fixed]")
-    profiles = data.get("profiles", {})
-    _expect(isinstance(profiles, dict) and profiles, source, "a study needs at least one [profiles.<name>] table")
-    spec = StudySpec(
-        name=name,
-        title=data.get("title", name),
-        kind=kind,
-        dataset=dataset,
-        arms=arms,
-        fixed=fixed,
-        nuisance=_load_nuisance(data.get("nuisance", {}), source),
-        profiles={n: _load_profile(n, t, source) for n, t in profiles.items()},
-        source=source,
-        settings=data.get("settings", {}),
-    )
-    for profile in spec.profiles.values():
-        _expect(not (spec.nuisance and profile.nuisance_trials) or profile.budget.get("val_size", 0) > 0,
-                source, f"[profiles.{profile.name}]: tuning nuisance parameters needs val_size > 0")
-    if kind != "throughput":
-        _validate_configs(spec)
-    return spec
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
 
 
 def load_spec(name_or_path: str, dataset: str | None = None) -> StudySpec:
-    """A built-in study by name (studies/specs/<name>.toml) or a spec file by path."""
+    """A built-in study by name (studies/specs/<name>.toml) or a spec file by path; `dataset`
+    overrides the spec's own (an error where the study does not support it)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SPEC_DIR / f"{name_or_path}.toml"
@@ -287,12 +185,176 @@ def load_spec(name_or_path: str, dataset: str | None = None) -> StudySpec:
         raise SpecError(f"spec file {path} does not exist")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: not valid TOML: {error}") from None
-    if dataset is not None:
-        data["dataset"] = dataset
-    return parse_spec(data, str(path))
+    spec = parse_spec(data, str(path))
+    if dataset is not None and dataset != spec.dataset:
+        if not spec.supports(dataset):
+            raise SpecError(f"{path}: study {spec.name!r} runs on {', '.join(spec.datasets)} only, not {dataset!r}")
+        spec = parse_spec({**data, "dataset": dataset}, str(path))
+    return spec
 
 
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
+def parse_spec(data: dict, source: str) -> StudySpec:
+    """Check everything a spec says before anything is trained or stored: SpecError names the
+    file and the key of the first problem."""
+    try:
+        table = schema.SpecFile.model_validate(data)
+        settings = schema.kind_settings(table.kind, schema._tuples(table.settings))
+        profiles = {name: _profile(name, t, table) for name, t in table.profiles.items()}
+    except ValidationError as error:
+        raise SpecError(f"{source}: {first_problem(error)}") from None
+    except ValueError as error:
+        raise SpecError(f"{source}: {error}") from None
+    del settings  # checked; each profile holds its merged settings
+    checker = _Checker(source)
+    arms = tuple(checker.arm(arm, index) for index, arm in enumerate(table.arms))
+    if table.kind != "throughput" and not arms:
+        raise SpecError(f"{source}: a study needs at least one [[arms]] entry")
+    checker.fixed(table.fixed, arms)
+    spec = StudySpec(
+        name=table.name,
+        title=table.title or table.name,
+        kind=table.kind,
+        dataset=table.dataset,
+        arms=arms,
+        fixed=dict(table.fixed),
+        nuisance=tuple(checker.nuisance(name, bounds) for name, bounds in table.nuisance.items()),
+        profiles=profiles,
+        source=source,
+        datasets=tuple(table.datasets) if table.datasets else None,
+    )
+    if not spec.supports(spec.dataset):
+        raise SpecError(f"{source}: dataset {spec.dataset!r} is not among the study's datasets {list(spec.datasets)}")
+    for profile in spec.profiles.values():
+        checker.profile(profile, spec)
+    if spec.kind != "throughput":
+        checker.configs(spec)
+    return spec
+
+
+def _profile(name: str, table: schema.ProfileTable, spec: schema.SpecFile) -> Profile:
+    return Profile(
+        name=name,
+        seeds=tuple(table.seeds),
+        recipe=dict(table.model_extra or {}),
+        grid={k: tuple(v) for k, v in table.grid.items()},
+        models=tuple(table.models) if table.models is not None else None,
+        nuisance_trials=table.nuisance_trials,
+        settings=merged_settings(spec.kind, spec.settings, table.extra),
+    )
+
+
+class _Checker:
+    """Checks the parameter values a spec sets against TrainConfig's and the model configs'
+    annotations, each in one place: which class owns a key decides how its value is judged."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, message: str):
+        raise SpecError(f"{self.source}: {where}: {message}")
+
+    def value(self, model: str, key: str, value: Any, where: str) -> None:
+        if key in models.option_names(model):
+            owner = models.config_class(model)
+        elif key in TRAIN_KEYS:
+            owner = TrainConfig
+        else:
+            self.fail(where, f"{key!r} is neither a training parameter ({', '.join(TRAIN_KEYS)}) "
+                             f"nor an option of {model!r} ({', '.join(models.option_names(model))})")
+        try:
+            check_value(owner, key, value)
+        except ValueError as error:
+            self.fail(where, str(error))
+
+    def arm(self, table: schema.ArmTable, index: int) -> Arm:
+        where = f"arms[{index}]"
+        if table.model not in models.names():
+            self.fail(where, f"model {table.model!r} unknown; valid: {', '.join(models.names())}")
+        for key, values in table.scientific.items():
+            for value in values:
+                self.value(table.model, key, value, f"{where}.scientific")
+            if len(set(map(repr, values))) != len(values):
+                self.fail(f"{where}.scientific", f"{key} lists a value twice: {values}")
+        for key, value in table.fixed.items():
+            self.value(table.model, key, value, f"{where}.fixed")
+        return Arm(table.model, {k: tuple(v) for k, v in table.scientific.items()}, dict(table.fixed))
+
+    def fixed(self, fixed: dict[str, Any], arms: tuple[Arm, ...]) -> None:
+        for key, value in fixed.items():
+            owners = [arm.model for arm in arms if key in models.option_names(arm.model)]
+            if not owners and key not in TRAIN_KEYS:
+                self.fail("fixed", f"{key!r} is neither a training parameter nor an option of the study's models")
+            for model in owners or [arm.model for arm in arms][:1] or ["capsnet"]:
+                self.value(model, key, value, "fixed")
+
+    def nuisance(self, name: str, bounds: schema.NuisanceTable) -> Nuisance:
+        if name not in TRAIN_KEYS:
+            self.fail(f"nuisance.{name}", "only training parameters can be nuisance parameters")
+        for value in (bounds.low, bounds.high):
+            try:
+                check_value(TrainConfig, name, float(value) if isinstance(value, int) else value)
+            except ValueError as error:
+                self.fail(f"nuisance.{name}", str(error))
+        return Nuisance(name, float(bounds.low), float(bounds.high), bounds.log)
+
+    def profile(self, profile: Profile, spec: StudySpec) -> None:
+        where = f"profiles.{profile.name}"
+        for key, value in profile.recipe.items():
+            if any(key in arm.scientific for arm in spec.arms):
+                self.fail(where, f"{key!r} is a scientific parameter; restrict its values with grid instead")
+            if key not in TRAIN_KEYS:
+                self.fail(where, f"unknown key {key!r}; a profile sets seeds, models, grid, nuisance_trials, extra "
+                                 f"and training parameters ({', '.join(TRAIN_KEYS)})")
+            if key == "bf16" and value == BF16_AUTO:
+                continue
+            try:
+                check_value(TrainConfig, key, value)
+            except ValueError as error:
+                self.fail(where, str(error))
+        for model in profile.models or ():
+            if not any(arm.model == model for arm in spec.arms):
+                self.fail(f"{where}.models", f"{model!r} has no [[arms]] entry")
+        for key, values in profile.grid.items():
+            arms = [arm for arm in spec.arms if key in arm.scientific]
+            if not arms:
+                self.fail(f"{where}.grid", f"{key!r} is not a scientific parameter")
+            for arm in arms:
+                for value in values:
+                    self.value(arm.model, key, value, f"{where}.grid")
+        if spec.nuisance and profile.nuisance_trials and not profile.recipe.get("val_size"):
+            self.fail(where, "tuning nuisance parameters needs val_size > 0")
+
+    def configs(self, spec: StudySpec) -> None:
+        """Build every point's TrainConfig and model config once, so cross-field errors surface now;
+        two arms that reach one configuration must agree on everything else."""
+        for profile in spec.profiles:
+            seen: dict[str, TrainConfig] = {}
+            try:
+                for point in spec.points(profile):
+                    config = spec.train_config(point, profile, device="cpu")
+                    models.make_config(config.model, **config.model_options)
+                    seen[point.key] = config
+                for index in range(len(spec.arms)):
+                    self._same_as_first(spec, profile, index, seen)
+            except ValueError as error:
+                if isinstance(error, SpecError):
+                    raise
+                self.fail(f"profiles.{profile}", str(error))
+
+    def _same_as_first(self, spec: StudySpec, profile: str, index: int, seen: dict[str, TrainConfig]) -> None:
+        arm = spec.arms[index]
+        chosen = spec.profile(profile)
+        if chosen.models is not None and arm.model not in chosen.models:
+            return
+        grid = {k: chosen.grid.get(k, v) for k, v in arm.scientific.items()}
+        names = sorted(grid)
+        for combo in itertools.product(*(grid[k] for k in names)):
+            values = spec._all_scientific(index, dict(zip(names, combo)), profile)
+            point = Point(arm.model, values, chosen.seeds[0], index)
+            mine = spec.train_config(point, profile, device="cpu")
+            first = seen[point.key]
+            if mine != first:
+                self.fail(f"arms[{index}]", f"reaches {point.config_key} like an earlier arm, but with other "
+                                            "fixed parameters; give them the same ones or vary what differs")

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -46,6 +46,8 @@ class TrainResult:
     params: int
     train_images: int
     test_images: int
+    # Images the model trained on (epochs x train_images, less where training stopped early).
+    images_seen: int
     device: str
     torch_version: str = field(default_factory=lambda: torch.__version__)
 
@@ -152,7 +154,52 @@ def load_checkpoint(path: Path | None, config: TrainConfig, device: torch.device
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception:  # a torn or foreign file is not trusted; training starts over
         return None
-    return state if state.get("identity") == _run_identity(config) else None
+    return state if state.get("identity") == _run_identity(config) and "rng" in state else None
+
+
+@dataclass
+class Progress:
+    """What a StepCheck sees every `every` optimiser steps."""
+
+    epoch: int
+    step: int  # optimiser steps so far, over all epochs
+    images: int  # training images seen so far
+    train_accuracy: float  # on the training batches since the previous check (augmented, train mode)
+    model: torch.nn.Module
+
+
+class StepCheck(Protocol):
+    """Called every `every` steps (and at the end of every epoch); may raise StopTraining."""
+
+    every: int
+
+    def __call__(self, progress: Progress) -> None: ...
+
+
+# How often the loss's finiteness is looked at on the host: reading it every step would wait for
+# the device every step.
+FINITE_CHECK_EVERY = 50
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global random states a training step draws from: the CPU's, and the device's (dropout
+    on CUDA draws from the CUDA generator)."""
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["cpu"].cpu())
+    if "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"].cpu())
+
+
+def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int, loss_sum: torch.Tensor) -> None:
+    step = int(first_bad_step.item())
+    if step >= 0:
+        raise Diverged(epoch, step, float(loss_sum.item()))
 
 
 def train(
@@ -161,13 +208,15 @@ def train(
     model: torch.nn.Module | None = None,
     checkpoint: Path | None = None,
     splits: tuple[Split, Split | None, Split] | None = None,
+    check: StepCheck | None = None,
 ) -> TrainResult:
     """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
-    raise StopTraining to end early, or anything else to abort (e.g. to prune). `model`
-    replaces the freshly built one and is trained in place (callers keep a handle on it).
-    With `checkpoint`, the full training state is saved after every epoch, and a run of the
-    same configuration resumes from it: the same result as an uninterrupted run. `splits`, as
-    `load_splits` returns them, spares a caller that needs them too a second load."""
+    raise StopTraining to end early, or anything else to abort (e.g. to prune). `check` runs every
+    `check.every` steps and may raise StopTraining too (the test split is evaluated only after
+    training has stopped). `model` replaces the freshly built one and is trained in place (callers
+    keep a handle on it). With `checkpoint`, the full training state is saved after every epoch,
+    and a run of the same configuration resumes from it: the same result as an uninterrupted run.
+    `splits`, as `load_splits` returns them, spares a caller that needs them too a second load."""
     device = resolve_device(config.device)
     if config.bf16:
         check_bf16(device)
@@ -193,15 +242,22 @@ def train(
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["schedule"])
         generator.set_state(resumed["generator"].cpu())
-        torch.set_rng_state(resumed["cpu_rng"].cpu())
+        set_rng_states(resumed["rng"])
         history, train_seconds = resumed["history"], resumed["train_seconds"]
         first_epoch = resumed["epoch"] + 1
+    stopped = False
+    images_seen = (first_epoch - 1) * len(train_split)
     for epoch in range(first_epoch, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()
         order = torch.randperm(len(train_split), generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
+        # Device-side bookkeeping, read on the host every few steps only.
+        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        interval_correct = torch.zeros((), dtype=torch.long, device=device)
+        interval_seen = 0
+        epoch_seen = 0
         bar = tqdm(
             range(steps_per_epoch),
             desc=f"{config.model} epoch {epoch}/{config.epochs}",
@@ -219,24 +275,48 @@ def train(
             with autocast(device, config.bf16):
                 output = model(images, labels)
                 loss = model.loss(output, images, labels).total
-            if not torch.isfinite(loss):
-                raise Diverged(epoch, step, loss.item())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += loss.detach() * labels.shape[0]
-            correct += (output.scores.detach().argmax(dim=1) == labels).sum()
+            detached = loss.detach()
+            bad = ~torch.isfinite(detached) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
+            hits = (output.scores.detach().argmax(dim=1) == labels).sum()
+            loss_sum += detached * labels.shape[0]
+            correct += hits
+            interval_correct += hits
+            interval_seen += labels.shape[0]
+            epoch_seen += labels.shape[0]
+            images_seen += labels.shape[0]
+            last = step == steps_per_epoch - 1
+            if (step + 1) % FINITE_CHECK_EVERY == 0 or last:
+                _raise_if_diverged(first_bad_step, epoch, loss_sum)
+            global_step = (epoch - 1) * steps_per_epoch + step + 1
+            if check is not None and (global_step % check.every == 0 or last):
+                _raise_if_diverged(first_bad_step, epoch, loss_sum)
+                progress = Progress(epoch, global_step, images_seen, interval_correct.item() / interval_seen, model)
+                interval_correct.zero_()
+                interval_seen = 0
+                try:
+                    check(progress)
+                except StopTraining:
+                    stopped = True
+                    break
         bar.close()
         synchronize(device)
         train_seconds += time.perf_counter() - started
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / len(train_split),
-            "train_accuracy": correct.item() / len(train_split),
+            "train_loss": loss_sum.item() / epoch_seen,
+            "train_accuracy": correct.item() / epoch_seen,
             "lr": schedule.get_last_lr()[0],
             "seconds": train_seconds,
+            "images": images_seen,
         }
+        if stopped:
+            history.append(record)
+            break
         if val_split is not None:
             record["val_accuracy"] = evaluate(model, val_split, config.eval_batch_size, bf16=config.bf16)
         history.append(record)
@@ -250,7 +330,7 @@ def train(
                 "identity": _run_identity(config), "epoch": epoch, "history": history,
                 "train_seconds": train_seconds, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "cpu_rng": torch.get_rng_state(),
+                "generator": generator.get_state(), "rng": rng_states(device),
             })
 
     test_accuracy = evaluate(model, test_split, config.eval_batch_size, bf16=config.bf16)
@@ -260,9 +340,10 @@ def train(
         test_error=1.0 - test_accuracy,
         history=history,
         train_seconds=train_seconds,
-        train_images_per_s=len(history) * len(train_split) / train_seconds,
+        train_images_per_s=images_seen / train_seconds,
         params=sum(p.numel() for p in model.parameters()),
         train_images=len(train_split),
+        images_seen=images_seen,
         test_images=len(test_split),
         device=device_name(device),
     )

@@ -1,0 +1,22 @@
+"""Writing tables and figures to disk the same way everywhere (booktabs LaTeX, PNG at 120 dpi)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on these machines
+import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def write_latex(table: pd.DataFrame, path: Path, caption: str) -> None:
+    styler = table.style.hide(axis="index").format(escape="latex").format_index(escape="latex", axis=1)
+    latex = styler.to_latex(hrules=True, caption=caption, position="htbp")
+    path.write_text(latex.replace("±", r"$\pm$").replace("−", "$-$"))
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,131 @@
+"""The stored trials of one study as tables: the completed trials of the current spec and budget
+(one row per grid point x seed), what was superseded, and the points that failed for good."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from studies.engine.runner import FAILURE_ATTR, IDENTITY_ATTR, POINT_ATTR, VALUES_ATTR, RunOptions, StudyRunner
+from studies.spec.study import StudySpec
+
+HIDDEN_METRICS = ("history", "robustness_details")
+
+
+@dataclass
+class StudyTrials:
+    spec: StudySpec
+    options: RunOptions
+    study: optuna.Study
+    # completed trials of the current points and identities, one per point
+    frame: pd.DataFrame
+    # the model's scientific parameters of the spec (table columns), in the spec's order
+    scientific: list[str]
+    # completed trials kept in storage but left out: of an older budget or settings, or of points
+    # the spec no longer has
+    superseded: int
+    outside: int
+    # points whose final state is failed, with the reason
+    failed: pd.DataFrame
+
+    @property
+    def profile(self):
+        return self.spec.profile(self.options.profile)
+
+
+def file_stem(spec: StudySpec) -> str:
+    """Result files are named after the study and, when it is not MNIST, the dataset."""
+    return spec.name if spec.dataset == "mnist" else f"{spec.name}-{spec.dataset}"
+
+
+def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
+    runner = StudyRunner(spec, options)
+    trials = runner.study.get_trials(deepcopy=False)
+    rows, superseded, outside = [], 0, 0
+    for trial in trials:
+        key = trial.user_attrs.get(POINT_ATTR)
+        if trial.state != TrialState.COMPLETE or key is None:
+            continue
+        if key not in runner.points:
+            outside += 1
+            continue
+        if trial.user_attrs.get(IDENTITY_ATTR) != runner.identities[key]:
+            superseded += 1
+            continue
+        config = trial.user_attrs.get("config", {})
+        metrics = {k: v for k, v in trial.user_attrs.get("metrics", {}).items() if k not in HIDDEN_METRICS}
+        rows.append({
+            "trial": trial.number,
+            "point": key,
+            **trial.user_attrs[VALUES_ATTR],
+            **{f"nuisance_{k}": v for k, v in trial.user_attrs.get("nuisance", {}).items()},
+            **metrics,
+            "batch_size": config.get("batch_size"),
+            "learning_rate": config.get("lr"),
+            "dtype": "bf16" if config.get("bf16") else "float32",
+            "wall_seconds": trial.user_attrs.get("wall_seconds"),
+            "started": trial.datetime_start,
+            "completed": trial.datetime_complete,
+        })
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        # One completed trial per point is the engine's invariant; keep the first if not.
+        frame = frame.sort_values("trial").drop_duplicates(subset="point", keep="first").reset_index(drop=True)
+        if "routing_iters" in frame:  # missing for CNN rows; keep the column integer
+            frame["routing_iters"] = frame["routing_iters"].astype("Int64")
+    states = runner.states()
+    failed = []
+    for key, state in states.items():
+        if state == "failed":
+            last = max((t for t in trials if t.user_attrs.get(POINT_ATTR) == key
+                        and t.user_attrs.get(IDENTITY_ATTR) == runner.identities[key]
+                        and t.state == TrialState.FAIL), key=lambda t: t.number)
+            failed.append({"point": key, "trial": last.number, "reason": last.user_attrs.get(FAILURE_ATTR, "exception")})
+    scientific = []
+    for arm in spec.arms:
+        scientific += [name for name in spec.scientific_names(arm.model) if name not in scientific]
+    return StudyTrials(spec, options, runner.study, frame, scientific, superseded, outside, pd.DataFrame(failed))
+
+
+def _values(frame: pd.DataFrame, column: str) -> str:
+    if column not in frame:
+        return "?"
+    return ", ".join(str(v) for v in sorted(frame[column].dropna().unique()))
+
+
+def budget_lines(trials: StudyTrials) -> list[str]:
+    """The budget a table came from, stated beside it: images, epochs, seeds, device, dtype, torch,
+    and every training parameter the profile fixes."""
+    frame, profile = trials.frame, trials.profile
+    wall = frame["wall_seconds"].sum() if "wall_seconds" in frame else float("nan")
+    span = (frame["completed"].max() - frame["started"].min()).total_seconds() if len(frame) else 0.0
+    recipe = ", ".join(f"{k} = {v}" for k, v in sorted(profile.recipe.items()))
+    lines = [
+        f"- budget (profile `{trials.options.profile}`): {_values(frame, 'train_images')} training images, "
+        f"epochs {_values(frame, 'epochs')}, batch {_values(frame, 'batch_size')}, "
+        f"seeds {_values(frame, 'seed')} (n = {frame['seed'].nunique() if len(frame) else 0} per row), "
+        f"test images {_values(frame, 'test_images')}",
+        f"- fixed by the profile: {recipe or 'nothing'}; learning rate {_values(frame, 'learning_rate')}",
+        f"- device {_values(frame, 'device')}, dtype {_values(frame, 'dtype')}, torch {_values(frame, 'torch_version')}; "
+        f"{len(frame)} completed trials, {wall / 60:.1f} min of trial time "
+        f"({span / 60:.1f} min wall clock, first start to last finish)",
+    ]
+    if trials.superseded or trials.outside:
+        lines.append(f"- kept in storage but not in these tables: {trials.superseded} completed trial(s) of an "
+                     f"earlier budget or settings (superseded), {trials.outside} of grid points this spec no "
+                     "longer has")
+    return lines
+
+
+def failure_lines(trials: StudyTrials) -> list[str]:
+    if trials.failed.empty:
+        return []
+    return ["Failed points (their final state; a point retrained successfully is not listed):", "",
+            trials.failed.to_markdown(index=False), ""]
+
+
+def files_line(files: list[Path]) -> str:
+    return "Files: " + ", ".join(f"[{f.name}]({f.name})" for f in files)

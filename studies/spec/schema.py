@@ -1,0 +1,172 @@
+"""The shape of a spec file, declared once: pydantic models (strict: no "3" for 3, finite numbers,
+no unknown keys) for the file, its arms, nuisance ranges and profiles, and one settings model per
+study kind. Values of training and model parameters are checked against the annotations of
+TrainConfig and the model configs (models/fields.py) by `studies.spec.study`.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Interval, MinLen
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+
+from studies.data.datasets import DATASETS
+
+PROFILES = ("smoke", "quick", "standard", "paper")
+Dataset = Literal[tuple(DATASETS)]
+ProfileName = Literal[PROFILES]
+Count = Annotated[int, Ge(1)]
+Fraction = Annotated[float, Interval(gt=0, le=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class Matching(Strict):
+    """Robustness compared at matched clean accuracy: training stops at the first check (every
+    `check_every` steps) whose validation accuracy reaches `target_accuracy`; validation is
+    evaluated only once the training accuracy over the last steps is within `screen_margin` of the
+    target (free to compute; saves most evaluations). The test set is read after the match."""
+
+    target_accuracy: Fraction | None = None
+    check_every: Count = 20
+    screen_margin: Annotated[float, Interval(ge=0, le=1)] = 0.05
+
+
+class AffineRangesTable(Strict):
+    rotation_deg: Annotated[float, Interval(ge=0, le=180)] = 20.0
+    shear: Annotated[float, Ge(0)] = 0.2
+    scale_min: Annotated[float, Gt(0)] = 0.8
+    scale_max: Annotated[float, Gt(0)] = 1.2
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min {self.scale_min} exceeds scale_max {self.scale_max}")
+        return self
+
+
+class NoSettings(Strict):
+    pass
+
+
+class AffnistSettings(Matching):
+    # The generated set (used without the official files): ranges, copies per test digit, seed.
+    ranges: AffineRangesTable = AffineRangesTable()
+    copies: Count = 1
+    generator_seed: Annotated[int, Ge(0)] = 0
+    # Robustness images tested (the first N); None: all.
+    affnist_size: Count | None = None
+
+
+class RotationSettings(Matching):
+    angles: Annotated[tuple[Annotated[float, Interval(ge=-360, le=360)], ...], MinLen(1)] = tuple(range(-180, 181, 15))
+    shifts: Annotated[tuple[Annotated[int, Interval(ge=-27, le=27)], ...], MinLen(1)] = tuple(range(-6, 7, 2))
+
+
+KIND_SETTINGS: dict[str, type[Strict]] = {
+    "accuracy": NoSettings,
+    "affnist": AffnistSettings,
+    "rotation": RotationSettings,
+    "throughput": NoSettings,
+}
+Kind = Literal[tuple(KIND_SETTINGS)]
+
+
+class ArmTable(Strict):
+    model: str
+    scientific: dict[str, Annotated[list[Any], MinLen(1)]] = {}
+    fixed: dict[str, Any] = {}
+
+
+class NuisanceTable(Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got {self.low} and {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+class ProfileTable(BaseModel):
+    """The budget of one kind of machine. Besides the keys below, a profile may set any training
+    parameter (train_size, epochs, batch_size, lr, bf16, ...; checked by `studies.spec.study`):
+    they are its fixed parameters, printed beside every table it produces."""
+
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, frozen=True)
+
+    seeds: Annotated[list[Annotated[int, Ge(0)]], MinLen(1)]
+    models: Annotated[list[str], MinLen(1)] | None = None
+    grid: dict[str, Annotated[list[Any], MinLen(1)]] = {}
+    nuisance_trials: Annotated[int, Ge(0)] = 0
+    # Kind-specific settings for this profile (override the spec's [settings]).
+    extra: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
+
+
+class SpecFile(Strict):
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    title: str | None = None
+    kind: Kind = "accuracy"
+    dataset: Dataset = "mnist"
+    # The datasets the study's question makes sense on (default: every dataset).
+    datasets: Annotated[list[Dataset], MinLen(1)] | None = None
+    fixed: dict[str, Any] = {}
+    arms: list[ArmTable] = []
+    nuisance: dict[str, NuisanceTable] = {}
+    profiles: Annotated[dict[ProfileName, ProfileTable], MinLen(1)]
+    settings: dict[str, Any] = {}
+
+
+def first_problem(error: ValidationError) -> str:
+    """One line: where (as a dotted key path) and what, for the first problem pydantic found."""
+    problem = error.errors()[0]
+    parts = [str(part) for part in problem["loc"]]
+    is_key = parts[-1:] == ["[key]"]  # the key of a table is wrong, not its value
+    where = ".".join(parts[:-1] if is_key else parts)
+    message = problem["msg"].removeprefix("Value error, ")
+    message = message[:1].lower() + message[1:]
+    if problem["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if problem["type"] == "missing":
+        return f"{where}: required key missing"
+    if problem["type"] == "value_error":
+        return f"{where}: {message}" if where else message
+    subject = "key" if is_key else "value"
+    return f"{where}: {subject} {problem.get('input')!r}: {message}" if where else message
+
+
+def kind_settings(kind: str, values: dict[str, Any]) -> Strict:
+    """The validated settings of a study kind (ValidationError on a bad one)."""
+    return KIND_SETTINGS[kind].model_validate(values)
+
+
+def merged_settings(kind: str, base: dict[str, Any], overrides: dict[str, Any]) -> Strict:
+    """A profile's `extra` over the spec's [settings], one level deep for tables."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return kind_settings(kind, _tuples(merged))
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
