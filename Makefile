@@ -8,7 +8,7 @@ PROFILE ?= quick
 STUDY ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup data system-packages test study report bench clean-venv
+.PHONY: setup data system-packages test study report bench gpu-check clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,9 +47,12 @@ STUDY_ARGS = --profile $(PROFILE) $(if $(STUDY),--study $(STUDY)) $(if $(DATASET
 # WORKERS=N: N worker processes on this machine share the studies.
 WORKERS ?= 1
 
+# RETRY_FAILED=1: points that failed for good (diverged, or crashed three times) get another round.
+RETRY_FAILED ?=
+
 # The main job: trains what is missing (never retrains), then rebuilds the report.
 study: data
-	$(BIN)/python -m studies run $(STUDY_ARGS) --workers $(WORKERS)
+	$(BIN)/python -m studies run $(STUDY_ARGS) --workers $(WORKERS) $(if $(RETRY_FAILED),--retry-failed)
 
 # Tables, figures and REPORT.md from the stored trials, without training.
 report: $(INSTALLED)
@@ -59,6 +62,12 @@ BENCH_ARGS ?=
 # Throughput tables: results/$(PROFILE)/throughput-<device>-<dtype>[-compiled].{csv,md}
 bench: $(INSTALLED)
 	$(BIN)/python -m bench --profile $(PROFILE) $(BENCH_ARGS)
+
+# The prepared check for a CUDA machine (bench/gpu_check.py, about 8 minutes on one H200): the cuda
+# tests, one-epoch training speeds, the CUDA bench; writes results/gpu/. Without CUDA it says what it
+# skipped. Where the machine brings its own PyTorch and no venv: `python3 -m bench.gpu_check`.
+gpu-check: $(INSTALLED)
+	$(BIN)/python -m bench.gpu_check
 
 clean-venv:
 	rm -rf $(VENV)

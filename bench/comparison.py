@@ -8,7 +8,7 @@ CapsNet's step took 1.18-1.23x the stem's while its heap was still growing (thou
 faults per step) and 1.17-1.20x after 60-100 warm-up steps; the shared process of the previous
 protocol measured anywhere from 1.15x to 1.29x from run to run. A training run trains one model
 per process, so each compared model gets one here:
-- every worker builds the same weights from the seed (reference (a) copies our CapsNet's);
+- every worker builds the same weights from the seed (references (a) and (c) copy our CapsNet's);
 - `settle` steps a model for a minimum time and until its resident memory has stopped growing
   for a few steps (the heap has reached the size it keeps), within a time cap, and says how
   many steps that took;
@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench.references import BroadcastCapsNet, ConvStem
+from bench.references import BroadcastCapsNet, ConvStem, PlainCapsNet
 from bench.runner import Runner, build_model
 from bench.timing import Timing, set_threads
 from models.capsnet import CapsNet
 from models.cpu import kernels as cpu_kernels
-from models.cpu.allocator import pin_malloc_thresholds
-from studies.training.devices import resolve_device, synchronize
+from studies.training.devices import resolve_device, set_algorithms, synchronize
 
 if TYPE_CHECKING:
     from bench.options import BenchOptions
@@ -42,10 +41,11 @@ if TYPE_CHECKING:
 COMPARE_MODEL = "capsnet"
 REFERENCE_A = "reference_a_broadcast"
 REFERENCE_B = "reference_b_stem"
+REFERENCE_C = "reference_c_plain"
 COMPARE_CONV2D = "capsnet_conv2d"
 REFERENCE_B_CONV2D = "reference_b_stem_conv2d"
 # In the order they are timed in a round: each model next to the stem it is compared with.
-COMPARED = (COMPARE_MODEL, REFERENCE_B, REFERENCE_A, COMPARE_CONV2D, REFERENCE_B_CONV2D)
+COMPARED = (COMPARE_MODEL, REFERENCE_B, REFERENCE_C, REFERENCE_A, COMPARE_CONV2D, REFERENCE_B_CONV2D)
 
 # Resident-memory growth below this per step counts as settled (Python's own small objects).
 _SETTLED_GROWTH_BYTES = 256 << 10
@@ -65,6 +65,8 @@ def build_compared(name: str, options: "BenchOptions") -> torch.nn.Module:
         return BroadcastCapsNet(ours.config).copy_from(ours)
     if name == REFERENCE_B:
         return ConvStem(ours.config)
+    if name == REFERENCE_C:
+        return PlainCapsNet(ours.config).copy_from(ours)
     if name == COMPARE_CONV2D:
         ours_conv2d = CapsNet(conv2d_config)
         ours_conv2d.load_state_dict(ours.state_dict())
@@ -114,9 +116,9 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_coun
     # Ctrl-C reaches every process of the terminal; the parent stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        pin_malloc_thresholds()
         set_threads(options.threads)
         device = resolve_device(options.device)
+        set_algorithms(device, deterministic=False)  # as training runs; this process ends with the comparison
         runner = Runner(build_compared(name, options), batch, options, device, flop_counts)
         connection.send(("ok", None))
     except Exception:

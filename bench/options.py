@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Interval, MinLen
 
 import models
+from models.fields import check_fields
+from studies.training.config import Device
 from studies.training.devices import check_bf16, resolve_device
 
 
@@ -48,36 +53,39 @@ PROFILES = {
 }
 
 
+Count = Annotated[int, Ge(1)]
+
+
 @dataclass
 class BenchOptions:
-    profile: str = "quick"
-    models: tuple[str, ...] | None = None  # default: every registered model
-    batch_sizes: tuple[int, ...] | None = None  # default: the profile's
-    device: str = "auto"
+    """Each field's type and range is in its annotation, checked on construction (models/fields.py),
+    so the command line and Python callers get the same one-line errors."""
+
+    profile: Literal[tuple(PROFILES)] = "quick"
+    models: Annotated[tuple[str, ...], MinLen(1)] | None = None  # default: every single-label model
+    batch_sizes: Annotated[tuple[Count, ...], MinLen(1)] | None = None  # default: the profile's
+    device: Device = "auto"
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False
-    routing_iters: int | None = None  # CapsNet's; default the paper's 3
-    threads: int | None = None  # default: the usable cores
-    image_size: int = 28
+    routing_iters: Count | None = None  # CapsNet's; default the paper's 3
+    threads: Annotated[int, Interval(ge=1, le=1024)] | None = None  # default: the usable cores
+    image_size: Annotated[int, Interval(ge=8, le=1024)] = 28
     references: bool = True  # the routing comparison and the data-preparation row
-    seed: int = 0
+    seed: Annotated[int, Ge(0)] = 0
+
+    def __post_init__(self):
+        check_fields(self)
 
     def validate(self) -> "BenchOptions":
-        """Raise ValueError with a one-line message on bad options; fill in defaults."""
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; valid profiles: {', '.join(PROFILES)}")
-        names = tuple(self.models) if self.models else tuple(models.names())
+        """Fill in the defaults; refuse (one line) a model name that is not registered, a model that
+        cannot take the image size, or bf16 where the device has no bf16 matrix units."""
+        # Default: every single-label model (the two-digit MultiMNIST models take other inputs).
+        names = tuple(self.models) if self.models else tuple(
+            name for name in models.names() if getattr(models.config_class(name), "labels_per_example", 1) == 1)
         for name in names:
-            models.config_class(name)  # raises on an unknown name, listing the valid ones
+            models.make_config(name, input_size=self.image_size)  # unknown names list the valid ones
         sizes = tuple(self.batch_sizes) if self.batch_sizes else PROFILES[self.profile].batch_sizes
-        for size in sizes:
-            if not isinstance(size, int) or size < 1:
-                raise ValueError(f"batch sizes must be positive integers, got {size!r}")
-        if self.routing_iters is not None and self.routing_iters < 1:
-            raise ValueError(f"routing iterations must be >= 1, got {self.routing_iters}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
         device = resolve_device(self.device)
         if self.bf16:
             check_bf16(device)

@@ -10,8 +10,20 @@
 (b) `ConvStem`: Conv1 + the PrimaryCaps layer alone, forward and backward: the floor no
     routing implementation can beat, since every CapsNet has to run these two convolutions. It
     computes them as the model it is compared with does (`primary_conv`).
+(c) `PlainCapsNet`: CapsNet as a careful engineer writes it with plain autograd, the fair
+    reference: our model's Conv1, PrimaryCaps (nn.Conv2d), Decoder and margin loss, and between
+    them the votes by one einsum over the shared W (no copy of W per image) and routing in a few
+    tensor ops per iteration (softmax over the parents, weighted sum, squash, agreement update),
+    differentiated by autograd; no custom kernel, no hand-written backward. The votes are laid
+    out (batch, parents, children, dim) so that the weighted sum and the agreement are batched
+    matrix products: measured here at batch 64 (routing forward and backward, paired rounds in
+    one process), 0.82x the time of the (batch, children, parents, dim) layout with einsum
+    reductions and 0.71x that layout with broadcast products and sums. Like our model it routes
+    in float32 under autocast. Same parameter names as `CapsNet`, so it loads its state dict.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +31,7 @@ from torch import nn
 
 from models.capsnet import CapsNet, CapsNetConfig, Decoder, PrimaryCaps, margin_loss
 from models.output import LossTerms, ModelOutput
+from models.routing import squash
 
 
 def _squash(s: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -109,3 +122,65 @@ class ConvStem(nn.Module):
     def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
         # Any scalar that needs the gradients of both convolutions will do.
         return LossTerms(total=output.scores.mean())
+
+
+class PlainDigitCaps(nn.Module):
+    """Votes by one einsum, routing-by-agreement in plain tensor ops, autograd for the backward."""
+
+    def __init__(self, config: CapsNetConfig):
+        super().__init__()
+        self.config = config
+        # CapsNet's layout and init: W_ij is weight[i, j], (child_dim x digit_dim)
+        self.weight = nn.Parameter(
+            config.weight_init_std
+            * torch.randn(config.num_primary, config.num_classes, config.primary_dim, config.digit_dim)
+        )
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u: (batch, children, child_dim) -> v: (batch, parents, dim)."""
+        iters = self.config.routing_iters
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            votes = torch.einsum("bic,ijcd->bjid", u.float(), self.weight.float())  # u_hat_j|i
+            inner = votes.detach() if self.config.detach_inner else votes
+            logits = votes.new_zeros(votes.shape[:3])  # b_ij as (batch, parents, children)
+            for iteration in range(iters):
+                last = iteration == iters - 1
+                coupling = logits.softmax(dim=1)  # over the parents
+                s = torch.matmul(coupling.unsqueeze(2), votes if last else inner).squeeze(2)
+                v = squash(s)
+                if not last:
+                    logits = logits + torch.matmul(inner, v.unsqueeze(-1)).squeeze(-1)  # u_hat_j|i . v_j
+        return v
+
+
+class PlainCapsNet(nn.Module):
+    """Reference (c): `CapsNet` with nn.Conv2d for PrimaryCaps and `PlainDigitCaps` for routing."""
+
+    def __init__(self, config: CapsNetConfig):
+        super().__init__()
+        self.config = config = dataclasses.replace(config, primary_conv="direct")
+        self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=9)
+        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim, "direct")
+        self.digits = PlainDigitCaps(config)
+        self.decoder = Decoder(config) if config.decoder else None
+
+    def copy_from(self, model: CapsNet) -> "PlainCapsNet":
+        """Take `model`'s weights (the same names and layouts)."""
+        self.load_state_dict(model.state_dict())
+        return self
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+        capsules = self.digits(self.primary(F.relu(self.conv1(images))))
+        scores = capsules.norm(dim=-1)
+        reconstruction = None
+        if self.decoder is not None and (not self.training or self.config.recon_weight > 0):
+            chosen = labels if self.training and labels is not None else scores.argmax(dim=1)
+            reconstruction = self.decoder(capsules, chosen)
+        return ModelOutput(scores=scores, reconstruction=reconstruction)
+
+    def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
+        total = margin_loss(output.scores, labels, self.config).mean()
+        if output.reconstruction is not None and self.config.recon_weight > 0:
+            sse = (output.reconstruction.float() - images.float()).pow(2).flatten(1).sum(1).mean()
+            total = total + self.config.recon_weight * sse
+        return LossTerms(total=total)

@@ -1,6 +1,9 @@
-"""Models of the suite, reachable through the registry: `models.create(name, **options)`."""
-from models import capsnet, cnn  # noqa: F401  (registers the models)
+"""Models of the suite, reachable through the registry: `models.create(name, **options)`;
+`models.register(name, ConfigClass)` adds one (the suite's own, or a user's from a spec's `imports`)."""
+from models import capsnet, cnn, multimnist  # noqa: F401  (registers the models)
+from models.fields import ConfigError
 from models.output import LossTerms, ModelOutput
-from models.registry import config_class, create, make_config, names, option_names
+from models.registry import config_class, create, make_config, names, option_names, register
 
-__all__ = ["create", "names", "config_class", "make_config", "option_names", "ModelOutput", "LossTerms"]
+__all__ = ["create", "names", "config_class", "make_config", "option_names", "register", "ModelOutput", "LossTerms",
+           "ConfigError"]

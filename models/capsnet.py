@@ -14,8 +14,7 @@ from annotated_types import Ge, Gt, Interval
 from torch import nn
 
 from models.cpu.dft_conv import direct_only, stride2_conv_dft, worthwhile
-from models.cpu.workspace import Workspace
-from models.fields import check_fields
+from models.fields import ConfigError, check_fields
 from models.output import LossTerms, ModelOutput
 from models.registry import register
 from models.routing import squash, votes_and_route
@@ -53,7 +52,7 @@ class CapsNetConfig:
     # How the PrimaryCaps convolution is computed; not a model choice: all give the same
     # function up to float rounding. "direct": nn.Conv2d (oneDNN, cuDNN). "dft": through a small
     # DFT (models/cpu/dft_conv.py), whose backward is ~2.4x faster than oneDNN's on the CPU.
-    # "auto": the DFT where it is faster (training on the CPU, float32 or bf16, batch >= 32),
+    # "auto": the DFT where it is faster (training on the CPU, float32 or bf16, batch >= 48),
     # else direct.
     primary_conv: PrimaryConv = "auto"
 
@@ -81,10 +80,9 @@ class PrimaryCaps(nn.Module):
     def __init__(self, in_channels: int, types: int, dim: int, method: PrimaryConv = "auto"):
         super().__init__()
         if method not in typing.get_args(PrimaryConv):
-            raise ValueError(f"primary_conv must be one of {', '.join(typing.get_args(PrimaryConv))}, got {method!r}")
+            raise ConfigError(f"primary_conv must be one of {', '.join(typing.get_args(PrimaryConv))}, got {method!r}")
         self.types, self.dim, self.method = types, dim, method
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=9, stride=2)
-        self._workspace = Workspace()
 
     def uses_dft(self, x: torch.Tensor) -> bool:
         if direct_only():
@@ -93,7 +91,7 @@ class PrimaryCaps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_dft(x):
-            out = stride2_conv_dft(x, self.conv.weight, self.conv.bias, self._workspace)
+            out = stride2_conv_dft(x, self.conv.weight, self.conv.bias)
         else:
             out = self.conv(x)
         batch, _, height, width = out.shape
@@ -113,11 +111,9 @@ class DigitCaps(nn.Module):
             config.weight_init_std
             * torch.randn(config.num_primary, config.num_classes, config.primary_dim, config.digit_dim)
         )
-        self._workspace = Workspace()
 
     def forward(self, u: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return votes_and_route(u, self.weight, self.config.routing_iters, self.config.detach_inner, couplings,
-                               self._workspace)
+        return votes_and_route(u, self.weight, self.config.routing_iters, self.config.detach_inner, couplings)
 
 
 class Decoder(nn.Module):

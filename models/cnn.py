@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from annotated_types import Ge, Interval, MinLen
 from torch import nn
 
-from models.fields import check_fields
+from models.fields import ConfigError, check_fields
 from models.output import LossTerms, ModelOutput
 from models.registry import register
-
 
 Count = Annotated[int, Ge(1)]
 
@@ -39,7 +38,7 @@ class CNNConfig:
     def __post_init__(self):
         check_fields(self)
         if self.input_size % 4 and self.pool:
-            raise ValueError(f"input_size must be a multiple of 4 with pooling, got {self.input_size}")
+            raise ConfigError(f"input_size must be a multiple of 4 with pooling, got {self.input_size}")
 
 
 class BaselineCNN(nn.Module):

@@ -16,6 +16,11 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
+class ConfigError(ValueError):
+    """A configuration value (an option, a spec value, a command-line value) that is not allowed;
+    the message names it. Entry points print it in one line; a plain ValueError is a bug."""
+
+
 @functools.cache
 def _adapter(cls: type, name: str) -> TypeAdapter:
     return TypeAdapter(typing.get_type_hints(cls, include_extras=True)[name], config=STRICT)
@@ -31,7 +36,7 @@ def field_names(cls: type) -> list[str]:
 
 
 def check_value(cls: type, name: str, value: Any) -> Any:
-    """`value` as field `name` of dataclass `cls` holds it; ValueError naming the field otherwise."""
+    """`value` as field `name` of dataclass `cls` holds it; ConfigError naming the field otherwise."""
     try:
         return _adapter(cls, name).validate_python(_tuples(value))
     except ValidationError as error:
@@ -39,7 +44,7 @@ def check_value(cls: type, name: str, value: Any) -> Any:
         problems = error.errors()
         where = "".join(f"[{part}]" for part in problems[0]["loc"] if isinstance(part, int))
         said = " or ".join(dict.fromkeys(_sentence(problem["msg"]) for problem in problems))
-        raise ValueError(f"{name}{where}: {said}, got {value!r}") from None
+        raise ConfigError(f"{name}{where}: {said}, got {value!r}") from None
 
 
 def _sentence(message: str) -> str:
@@ -50,3 +55,22 @@ def check_fields(instance: Any) -> None:
     """Every field of a dataclass instance against its annotation (call from __post_init__)."""
     for name in field_names(type(instance)):
         check_value(type(instance), name, getattr(instance, name))
+
+
+def from_text(cls: type, name: str, text: str) -> Any:
+    """A command-line string as field `name` of `cls` holds it: tried as text, then as an integer,
+    then as a number (so "3" is 3 for an int field and "nan" is refused for a float one)."""
+    candidates: list[Any] = [text]
+    for convert in (int, float):  # the first number form that parses: "0" is 0, never 0.0
+        try:
+            candidates.append(convert(text))
+            break
+        except ValueError:
+            pass
+    error = None
+    for candidate in candidates:
+        try:
+            return check_value(cls, name, candidate)
+        except ConfigError as problem:
+            error = problem
+    raise error

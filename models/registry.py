@@ -10,6 +10,8 @@ from typing import Callable
 
 from torch import nn
 
+from models.fields import ConfigError
+
 _BUILDERS: dict[str, tuple[type, Callable[..., nn.Module]]] = {}
 
 
@@ -31,7 +33,7 @@ def names() -> list[str]:
 
 def config_class(name: str) -> type:
     if name not in _BUILDERS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(names())}")
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(names())}")
     return _BUILDERS[name][0]
 
 
@@ -43,7 +45,7 @@ def make_config(name: str, **options):
     config_cls = config_class(name)
     unknown = sorted(set(options) - set(option_names(name)))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
             f"valid options: {', '.join(option_names(name))}"
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from models.compile_barrier import eager_under_compile
-from models.cpu.workspace import Workspace
 from models.routing_sweeps import VotesGrad, backward_sweep, blocks, forward_sweep, votes_and_sum
 
 
@@ -32,8 +31,7 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 #     agreement, logit update, softmax over parents and the weighted sum for the next iteration
 #     all use a child's votes while they are in cache, so u_hat is read from memory once per
 #     iteration (on the CPU by a small C++ kernel, elsewhere by PyTorch ops: on the CPU on
-#     blocks sized for the last-level cache, on GPUs on all children at once); its memory is kept
-#     between steps (`models.cpu.workspace`) instead of re-allocated;
+#     blocks sized for the last-level cache, on GPUs on all children at once);
 #   - the first iteration uses the uniform coupling 1/parents (b = 0) without a softmax;
 #   - the backward is written by hand: the gradient of u_hat is a sum of rank-one terms
 #     c_t (x) ds_t + da_t (x) v_t, formed block by block and fed straight into the two GEMMs
@@ -131,12 +129,12 @@ class _VotesAndRoute(torch.autograd.Function):
     backward forms the vote gradient block by block and feeds it to two bmm."""
 
     @staticmethod
-    def forward(ctx, u_t, weight_t, parents, iters, detach_inner, couplings, workspace):
+    def forward(ctx, u_t, weight_t, parents, iters, detach_inner, couplings):
         # u_t: (children, child_dim, batch); weight_t: (children, dim * parents, child_dim)
         children, _, batch = u_t.shape
         rows = weight_t.shape[1]
         dim = rows // parents
-        votes = workspace.get("votes", (children, rows, batch), u_t)
+        votes = u_t.new_empty(children, rows, batch)
         first_sum = votes_and_sum(weight_t, u_t, votes)
         votes = votes.view(children, dim, parents * batch)
         v, state = route_forward(votes, first_sum.view(dim, -1), parents, iters, couplings)
@@ -163,15 +161,15 @@ class _VotesAndRoute(torch.autograd.Function):
                 torch.bmm(weight_t[part].transpose(1, 2), block, out=grad_u[part])
             if grad_w is not None:
                 torch.bmm(block, u_t[part].transpose(1, 2), out=grad_w[part])
-        return grad_u, grad_w, None, None, None, None, None
+        return grad_u, grad_w, None, None, None, None
 
 
 
 @eager_under_compile
-def _votes_and_route_eager(u_t, weight_t, parents, iters, detach_inner, couplings, workspace):
+def _votes_and_route_eager(u_t, weight_t, parents, iters, detach_inner, couplings):
     # torch.compile runs this hand-scheduled part eagerly (a graph break) and compiles the
     # convolutions, decoder and loss around it; tracing the blocked loops gains nothing.
-    return _VotesAndRoute.apply(u_t, weight_t, parents, iters, detach_inner, couplings, workspace)
+    return _VotesAndRoute.apply(u_t, weight_t, parents, iters, detach_inner, couplings)
 
 
 
@@ -188,7 +186,6 @@ def votes_and_route(
     iters: int,
     detach_inner: bool = False,
     couplings: list[torch.Tensor] | None = None,
-    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """u: child capsules (batch, children, child_dim); weight: W (children, parents, child_dim, dim).
     Returns the parent capsules v (batch, parents, dim). With a list `couplings`, the coupling
@@ -200,6 +197,5 @@ def votes_and_route(
     with torch.autocast(device_type=u.device.type, enabled=False):
         u_t = u.float().permute(1, 2, 0).contiguous()  # (children, child_dim, batch)
         weight_t = weight.float().permute(0, 3, 1, 2).reshape(children, dim * parents, child_dim)
-        v = _votes_and_route_eager(u_t, weight_t, parents, iters, detach_inner, couplings,
-                                   workspace if workspace is not None else Workspace())
+        v = _votes_and_route_eager(u_t, weight_t, parents, iters, detach_inner, couplings)
     return from_routing_layout(v, parents)

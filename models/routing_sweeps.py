@@ -6,13 +6,14 @@ backward (`backward_sweep`: its adjoint); the backward then writes the vote grad
 block from its rank-one factors (`VotesGrad.rows`). In PyTorch ops each sweep is four passes
 with block temporaries (`_torch_*`, blocked for the last-level cache); on the CPU a small C++
 kernel (models/cpu/csrc/routing_sweeps.h, built by `models.cpu.kernels`) does the same arithmetic
-in one pass per child, which measured 4.7 vs 6.8 ms forward and 4.0 vs 8.2 ms backward per
-iteration at batch 64 on this project's 2-core CPU; with its exponentials vectorised, 3.7 vs
-7.8 ms forward (4.5 ms before, measured just before). The votes themselves (`votes_and_sum`) come from a
-kernel that also sums them for the first iteration while they are in cache: 5.3 ms against
-6.5 ms for a batched GEMM and a sum. Off the CPU, for other dtypes, where the kernels cannot be
-built and inside `torch_sweeps()`, the PyTorch version runs; both compute the same function
-(tested).
+in one pass per child, and the votes themselves (`votes_and_sum`) come from a kernel that also
+sums them for the first iteration while they are in cache. Against the PyTorch ops, on DigitCaps
+forward + backward at batch 64 (3 iterations), measured by `python -m bench.speed_paths --paths
+routing_sweeps` (rounds interleaved in one process) on the project's 2-core CPU: 1.89x (84 vs
+147 ms); with `--threads 1`, while other work loaded the machine, 1.74x (90 vs 155 ms). Off
+the CPU, for other dtypes, where the kernels cannot be built and inside `torch_sweeps()`, the
+PyTorch version runs; both compute the same function (tested), and the kernels' sums do not
+depend on the thread count (fixed chunks of children, added in order).
 """
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from models.cpu import kernels as cpu_kernels
 # Bigger blocks mean fewer (OpenMP-parallel) ops per step, which matters when other processes
 # share the cores; 2 MB and 8 MB blocks measured the same on the 2-core CPU, one 47 MB block slower.
 _BLOCK_BYTES = 1 << 23
+# The kernels vectorise over the batch axis; below this batch they gain less than 1.3x (measured as
+# above with --batch B --threads 1: 0.74x at batch 2, 1.14x at 8, 1.58x at 16, 1.83x at 32).
+MIN_KERNEL_BATCH = 16
 
 
 def blocks(children: int, bytes_per_child: int, device: torch.device):
@@ -93,15 +97,15 @@ def torch_sweeps():
         _disabled_here = previous
 
 
-def _use_kernel(votes: torch.Tensor) -> bool:
-    return not _disabled_here and cpu_kernels.usable(votes)
+def _use_kernel(votes: torch.Tensor, batch: int) -> bool:
+    return not _disabled_here and batch >= MIN_KERNEL_BATCH and cpu_kernels.usable(votes)
 
 
 def votes_and_sum(weight_t, u_t, votes) -> torch.Tensor:
     """Writes the votes u_hat_i = W_i u_i into votes (children, rows, batch) and returns their sum
     over the children (rows, batch); weight_t is (children, rows, inner), u_t (children, inner,
     batch)."""
-    if _use_kernel(votes) and cpu_kernels.usable(weight_t, u_t) and votes.is_contiguous():
+    if _use_kernel(votes, u_t.shape[2]) and cpu_kernels.usable(weight_t, u_t) and votes.is_contiguous():
         return cpu_kernels.module().votes_and_sum(weight_t.contiguous(), u_t.contiguous(), votes)
     return _torch_votes_and_sum(weight_t, u_t, votes)
 
@@ -110,7 +114,7 @@ def forward_sweep(votes, v, logits, coupling, parents: int) -> torch.Tensor:
     """votes (children, dim, width = parents * batch), v (dim, width); updates logits and
     coupling (children, parents, batch) in place and returns s = sum over children of c u_hat.
     votes, logits and coupling must be contiguous (the callers allocate them so)."""
-    if _use_kernel(votes):
+    if _use_kernel(votes, logits.shape[2]):
         return cpu_kernels.module().forward_sweep(votes, v.contiguous(), logits, coupling, parents)
     return _torch_forward_sweep(votes, v, logits, coupling, parents)
 
@@ -118,7 +122,7 @@ def forward_sweep(votes, v, logits, coupling, parents: int) -> torch.Tensor:
 def backward_sweep(votes, coupling, grad_s, grad_logits, parents: int) -> torch.Tensor:
     """Adds the gradient through this iteration's softmax to grad_logits (in place) and returns
     the gradient of the previous iteration's v, (dim, width)."""
-    if _use_kernel(votes):
+    if _use_kernel(votes, grad_logits.shape[2]):
         return cpu_kernels.module().backward_sweep(votes, coupling, grad_s.contiguous(), grad_logits, parents)
     return _torch_backward_sweep(votes, coupling, grad_s, grad_logits, parents)
 
@@ -142,7 +146,8 @@ class VotesGrad:
 
     def rows(self, part: slice, out: torch.Tensor) -> torch.Tensor:
         """Rows `part` into out, (part length, dim, width)."""
-        if _use_kernel(out) and out.is_contiguous():
+        # without per-child factors (f) the rows are copies of `shared`: no kernel needed
+        if self.f and _use_kernel(out, self.f[0].shape[2]) and out.is_contiguous():
             cpu_kernels.module().votes_grad_rows(self.f, self.g, self.shared, part.start, out)
             return out
         return _torch_votes_grad_rows(self.f, self.g, self.shared, part, out)

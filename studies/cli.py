@@ -1,50 +1,93 @@
-"""Command line: `python -m studies <command>`. Bad input ends with one line and exit code 2."""
+"""Command line: `python -m studies <command>`. Bad input ends with one line and exit code 2.
+
+Every option is declared once in OPTIONS: its flag, and the dataclass field whose annotation
+judges its value (TrainConfig, a model's config, RunOptions), so a command-line value is checked
+exactly as the same value in a spec file or in Python."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import signal
 import sys
 
 import models
-from studies.data.augment import AUGMENTATION_FORMS
+from models.capsnet import CapsNetConfig
+from models.fields import ConfigError
+from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
+from studies.engine.runner import Interrupted, RunOptions
+from studies.spec.schema import PROFILES
+from studies.training.config import TrainConfig
 
-EXIT_BAD_INPUT = 2
-
-
-def _add_train_parser(commands) -> None:
-    parser = commands.add_parser("train", help="train one configuration and print its metrics")
-    parser.add_argument("--model", default="capsnet", help=f"one of: {', '.join(models.names())}")
-    parser.add_argument("--dataset", default="mnist", help="mnist or fashion_mnist")
-    parser.add_argument("--routing-iters", type=int, help="CapsNet routing iterations (paper: 3)")
-    parser.add_argument("--recon-weight", type=float, help="CapsNet reconstruction weight (paper: 0.0005)")
-    parser.add_argument("--detach-inner", action="store_true", help="CapsNet: detach u_hat in inner routing iterations")
-    parser.add_argument("--no-decoder", action="store_true", help="CapsNet without the reconstruction decoder")
-    parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="any other model option, value parsed as JSON (e.g. --option margin_convention='\"official\"')",
-    )
-    parser.add_argument("--aug", default="shift2", help=f"augmentation: {', '.join(AUGMENTATION_FORMS)}")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-size", type=int, help="use the first N training images (default: all)")
-    parser.add_argument("--val-size", type=int, default=0, help="hold out the last N training images")
-    parser.add_argument("--test-size", type=int, help="test on the first N test images (default: all 10k)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)")
-    parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
-    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(run=_run_train)
+EXIT_INTERRUPTED = 130
 
 
-def _add_data_parser(commands) -> None:
-    parser = commands.add_parser("data", help="make sure the datasets are present, fetching or converting them")
-    parser.add_argument("--dataset", action="append", help="dataset(s) to prepare (default: mnist and fashion_mnist)")
-    parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
-    parser.set_defaults(run=_run_data)
+DATA_ROOT = Option("--data-root", "dataset root (default: $CAPSBENCH_DATA or ./data)")
+STUDY_OPTIONS = (
+    Option("--study", "built-in study name or spec file (default: all built-in)", extra={"action": "append"}),
+    Option("--profile", f"one of {', '.join(PROFILES)}", RunOptions, "profile", {"default": "quick"}),
+    Option("--dataset", "override the spec's dataset (mnist, fashion_mnist)", TrainConfig, "dataset"),
+    Option("--storage", "Optuna storage URL or journal:<path> (default: the profile's file under results/)"),
+    Option("--results", "results root (default: $CAPSBENCH_RESULTS or ./results)"),
+)
+OPTIONS: dict[str, tuple[Option, ...]] = {
+    "train": (
+        Option("--model", "the model to train", extra={"default": "capsnet", "choices": models.names()}),
+        Option("--dataset", "mnist or fashion_mnist", TrainConfig, "dataset", {"default": "mnist"}),
+        Option("--routing-iters", "CapsNet routing iterations (paper: 3)", CapsNetConfig, "routing_iters"),
+        Option("--recon-weight", "CapsNet reconstruction weight (paper: 0.0005)", CapsNetConfig, "recon_weight"),
+        Option("--detach-inner", "CapsNet: detach u_hat in inner routing iterations", extra={"action": "store_true"}),
+        Option("--no-decoder", "CapsNet without the reconstruction decoder", extra={"action": "store_true"}),
+        Option("--option", "any other model option, value parsed as JSON (e.g. --option margin_convention='\"official\"')",
+               extra={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
+        Option("--aug", "augmentation: none, shift<N>, rotate<D>, affine", TrainConfig, "augmentation",
+               {"default": "shift2"}),
+        Option("--epochs", "epochs", TrainConfig, "epochs", {"default": 1}),
+        Option("--train-size", "use the first N training images (default: all)", TrainConfig, "train_size"),
+        Option("--val-size", "hold out the last N training images", TrainConfig, "val_size", {"default": 0}),
+        Option("--test-size", "test on the first N test images (default: all 10k)", TrainConfig, "test_size"),
+        Option("--batch-size", "batch size", TrainConfig, "batch_size", {"default": 128}),
+        Option("--lr", "Adam learning rate", TrainConfig, "lr", {"default": 1e-3}),
+        Option("--seed", "seed of the weights, the data order and the augmentation", TrainConfig, "seed",
+               {"default": 0}),
+        Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
+        Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", extra={"action": "store_true"}),
+        DATA_ROOT,
+        Option("--json", "print the metrics as JSON", extra={"action": "store_true"}),
+        Option("--no-progress", "no progress bars", extra={"action": "store_true"}),
+    ),
+    "data": (
+        Option("--dataset", "dataset(s) to prepare (default: mnist and fashion_mnist)", TrainConfig, "dataset",
+               {"action": "append"}),
+        DATA_ROOT,
+    ),
+    "run": STUDY_OPTIONS + (
+        Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
+        DATA_ROOT,
+        Option("--no-report", "do not rebuild the report afterwards", extra={"action": "store_true"}),
+        Option("--no-progress", "no progress bars", extra={"action": "store_true"}),
+        Option("--heartbeat", "seconds between a running trial's heartbeats (server storages)", RunOptions,
+               "heartbeat_s", {"default": 10.0}),
+        Option("--grace", "seconds without a heartbeat (or a lease) before a trial's worker counts as gone",
+               RunOptions, "grace_s", {"default": 60.0}),
+        Option("--workers", "worker processes on this machine sharing the studies (journal storage)", RunOptions,
+               "workers", {"default": 1}),
+        Option("--retry-failed", "give points that failed for good another round", extra={"action": "store_true"}),
+    ),
+    "report": STUDY_OPTIONS,
+    "migrate": (
+        Option("--profile", f"one of {', '.join(PROFILES)}", RunOptions, "profile", {"default": "quick"}),
+        Option("--results", "results root (default: $CAPSBENCH_RESULTS or ./results)"),
+        Option("--from", "source storage (default: the profile's studies.db)", extra={"dest": "source"}),
+        Option("--to", "destination storage (default: the profile's studies.journal)", extra={"dest": "destination"}),
+    ),
+}
+HELP = {
+    "train": "train one configuration and print its metrics",
+    "data": "make sure the datasets are present, fetching or converting them",
+    "run": "train every missing trial of the studies, then rebuild the report",
+    "report": "rebuild tables, figures and REPORT.md from stored trials",
+    "migrate": "copy a profile's studies from one storage to another (e.g. SQLite to the journal for workers)",
+}
 
 
 def _model_options(args) -> dict:
@@ -52,7 +95,7 @@ def _model_options(args) -> dict:
     for item in args.option:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -71,25 +114,13 @@ def _model_options(args) -> dict:
 
 
 def _run_train(args) -> None:
-    from studies.training.config import TrainConfig
     from studies.training.train import train
 
     config = TrainConfig(
-        model=args.model,
-        model_options=_model_options(args),
-        dataset=args.dataset,
-        augmentation=args.aug,
-        epochs=args.epochs,
-        train_size=args.train_size,
-        val_size=args.val_size,
-        test_size=args.test_size,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        bf16=args.bf16,
-        data_root=args.data_root,
-        progress=not args.no_progress,
+        model=args.model, model_options=_model_options(args), dataset=args.dataset, augmentation=args.aug,
+        epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, bf16=args.bf16,
+        data_root=args.data_root, progress=not args.no_progress,
     )
     result = train(config)
     if args.json:
@@ -99,7 +130,7 @@ def _run_train(args) -> None:
         f"{config.model} on {config.dataset}: test accuracy {100 * result.test_accuracy:.2f}% "
         f"(error {100 * result.test_error:.2f}%) on {result.test_images} test images\n"
         f"  trained on {result.train_images} images x {config.epochs} epoch(s), aug {config.augmentation}, "
-        f"seed {config.seed}, {result.params:,} parameters\n"
+        f"seed {config.seed}, {result.params:,} parameters, {'bf16' if config.bf16 else 'float32'}\n"
         f"  {result.train_seconds:.1f} s training, {result.train_images_per_s:.0f} images/s, "
         f"device {result.device}, torch {result.torch_version}"
     )
@@ -110,37 +141,12 @@ def _run_train(args) -> None:
 def _run_data(args) -> None:
     from studies.data import datasets
 
-    for name in args.dataset or list(datasets.DATASETS):
+    names = args.dataset or list(datasets.DATASETS)
+    # Every present file is checked before anything is fetched: a damaged one stops everything.
+    datasets.check_present(names, args.data_root)
+    for name in names:
         path = datasets.prepare(name, args.data_root)
         print(f"{name}: ready in {path}")
-
-
-def _add_study_arguments(parser) -> None:
-    parser.add_argument("--study", action="append", help="built-in study name or spec file (default: all built-in)")
-    parser.add_argument("--profile", default="quick", help="smoke, quick, standard or paper")
-    parser.add_argument("--dataset", help="override the spec's dataset (mnist, fashion_mnist)")
-    parser.add_argument("--storage", help="Optuna storage URL or journal:<path> (default: SQLite under results/<profile>)")
-    parser.add_argument("--results", help="results root (default: $CAPSBENCH_RESULTS or ./results)")
-
-
-def _add_run_parser(commands) -> None:
-    parser = commands.add_parser("run", help="train every missing trial of the studies, then rebuild the report")
-    _add_study_arguments(parser)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--data-root", help="dataset root (default: $CAPSBENCH_DATA or ./data)")
-    parser.add_argument("--no-report", action="store_true", help="do not rebuild the report afterwards")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--heartbeat", type=float, default=10.0, help="seconds between a running trial's heartbeats")
-    parser.add_argument("--grace", type=float, default=60.0, help="seconds without heartbeat before a trial counts as dead")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes on this machine sharing the studies (journal storage by default)")
-    parser.set_defaults(run=_run_studies)
-
-
-def _add_report_parser(commands) -> None:
-    parser = commands.add_parser("report", help="rebuild tables, figures and REPORT.md from stored trials")
-    _add_study_arguments(parser)
-    parser.set_defaults(run=_run_report)
 
 
 def _selected_specs(args, announce: bool = True):
@@ -168,40 +174,46 @@ def _selected_specs(args, announce: bool = True):
     return specs
 
 
-def _run_options(args):
-    from studies.engine.runner import RunOptions
-
-    return RunOptions(
+def _run_options(args, **changes) -> RunOptions:
+    values = dict(
         profile=args.profile, storage=args.storage, results_root=args.results,
         device=getattr(args, "device", "auto"), data_root=getattr(args, "data_root", None),
         progress=not getattr(args, "no_progress", False),
         heartbeat_s=getattr(args, "heartbeat", 10.0), grace_s=getattr(args, "grace", 60.0),
-        workers=getattr(args, "workers", 1),
+        workers=getattr(args, "workers", 1), retry_failed=getattr(args, "retry_failed", False),
     )
+    values.update(changes)
+    return RunOptions(**values)
 
 
-def _run_workers(args, argv: list[str]) -> None:
-    """Start `--workers` copies of this command as one-worker processes on one storage."""
+def _run_workers(args, options: RunOptions) -> RunOptions:
+    """Start `workers` copies of this command as one-worker processes on one storage; the options
+    of the storage they shared."""
     import subprocess
 
-    from studies.engine.storage import default_url, ensure_writable, open_storage, results_dir
+    from studies.engine.storage import choose_storage, ensure_writable, open_storage
 
-    directory = ensure_writable(results_dir(args.profile, args.results))
-    storage = args.storage or default_url(directory, args.workers)
+    choice = choose_storage(options.storage, ensure_writable(options.results), options.workers)
     # Creates the storage's tables once: workers creating them at the same moment collide
     # (optuna/optuna#1092). A bad URL fails here, in one line.
-    open_storage(storage, directory)
-    print(f"{args.workers} workers on {storage}")
-    child = [sys.executable, "-m", "studies", *_without(argv, {"--workers", "--storage"}),
-             "--workers", "1", "--no-report", "--no-progress", "--storage", storage]
-    # Split the cores between the workers instead of oversubscribing them.
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
-    env = dict(os.environ, CAPSBENCH_THREADS=str(threads))
-    workers = [subprocess.Popen(child, env=env) for _ in range(args.workers)]
-    failed = sum(worker.wait() != 0 for worker in workers)
+    open_storage(choice)
+    print(f"{options.workers} workers, {choice.describe()}")
+    child = [sys.executable, "-m", "studies", *_without(args.argv, {"--workers", "--storage"}),
+             "--workers", "1", "--no-report", "--no-progress", "--storage", choice.url]
+    # Every worker keeps the thread count a single worker would use (the cores may be
+    # oversubscribed): a reduction's result depends on how many threads split it, and the same
+    # seed must give the same numbers whatever WORKERS is.
+    workers = [subprocess.Popen(child) for _ in range(options.workers)]
+    try:
+        codes = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C and record their trials as interrupted
+        for worker in workers:
+            worker.wait()
+        raise
+    failed = sum(code != 0 for code in codes)
     if failed:
-        raise SystemExit(f"error: {failed} of {args.workers} workers failed; see their messages above")
-    args.storage = storage
+        raise SystemExit(f"error: {failed} of {options.workers} workers failed; see their messages above")
+    return _run_options(args, storage=choice.url, workers=1)
 
 
 def _without(argv: list[str], flags: set[str]) -> list[str]:
@@ -220,24 +232,19 @@ def _without(argv: list[str], flags: set[str]) -> list[str]:
 def _run_studies(args) -> None:
     from studies.engine.runner import run_study
 
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     specs = _selected_specs(args)
-    if args.workers > 1:
-        _run_workers(args, args.argv)
-        if not args.no_report:
-            options = _run_options(args)
-            _write_report(_with_stored_builtins(specs, args, options), options)
-        return
     options = _run_options(args)
-    for spec in specs:
-        if spec.kind == "throughput":
-            from studies.engine.throughput import run_throughput
+    if options.workers > 1:
+        options = _run_workers(args, options)
+    else:
+        for spec in specs:
+            if spec.kind == "throughput":
+                from studies.engine.throughput import run_throughput
 
-            counts = run_throughput(spec, options)
-        else:
-            counts = run_study(spec, options)
-        print(f"{spec.name} [{spec.dataset}, {args.profile}]: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+                counts = run_throughput(spec, options)
+            else:
+                counts = run_study(spec, options)
+            print(f"{spec.name} [{spec.dataset}, {args.profile}]: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     if not args.no_report:
         _write_report(_with_stored_builtins(specs, args, options), options)
 
@@ -247,11 +254,11 @@ def _with_stored_builtins(specs, args, options):
     REPORT.md still covers them all after a run of one study."""
     import optuna
 
-    from studies.engine.runner import study_name
-    from studies.engine.storage import open_storage
+    from studies.engine.bookkeeping import study_name
+    from studies.engine.storage import choose_storage, open_storage
     from studies.spec.study import builtin_names, load_spec
 
-    stored = set(optuna.get_all_study_names(open_storage(options.storage, options.results, options.workers)))
+    stored = set(optuna.get_all_study_names(open_storage(choose_storage(options.storage, options.results))))
     ran = {spec.name for spec in specs}
     others = [load_spec(name) for name in builtin_names() if name not in ran]
     others = [load_spec(spec.name, args.dataset) for spec in others
@@ -266,39 +273,65 @@ def _run_report(args) -> None:
 
 
 def _write_report(specs, options) -> None:
-    from studies.engine.storage import ensure_writable, results_dir
+    from studies.engine.storage import ensure_writable
     from studies.report.build import build_report
 
-    out = ensure_writable(results_dir(options.profile, options.results_root))
+    out = ensure_writable(options.results)
     print(f"report: {build_report(specs, options, out)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m studies", description=__doc__)
+def _run_migrate(args) -> None:
+    from studies.engine.storage import JOURNAL_NAME, SQLITE_NAME, migrate, parse_url, results_dir
+
+    directory = results_dir(args.profile, args.results)
+    source = parse_url(args.source or f"sqlite:///{directory / SQLITE_NAME}")
+    destination = parse_url(args.destination or f"journal:{directory / JOURNAL_NAME}")
+    if source.path is not None and not source.path.exists():
+        raise ConfigError(f"nothing to migrate: {source.path} does not exist")
+    names = migrate(source, destination)
+    moved = f"; {source.path} moved aside to {source.path.name}.migrated" if source.path is not None else ""
+    print(f"copied {len(names)} studies ({', '.join(names)}) to {destination.url}{moved}")
+
+
+RUNNERS = {"train": _run_train, "data": _run_data, "run": _run_studies, "report": _run_report,
+           "migrate": _run_migrate}
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="python -m studies", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_train_parser(commands)
-    _add_data_parser(commands)
-    _add_run_parser(commands)
-    _add_report_parser(commands)
+    for command, options in OPTIONS.items():
+        sub = commands.add_parser(command, help=HELP[command], description=HELP[command])
+        for option in options:
+            option.add_to(sub)
+        sub.set_defaults(run=RUNNERS[command])
     return parser
+
+
+def _terminate(signum, frame):
+    raise Interrupted()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.argv = argv
-    from models.cpu.allocator import pin_malloc_thresholds
-
-    pin_malloc_thresholds()  # process-wide: every training step then starts from the same allocator
     if os.environ.get("CAPSBENCH_THREADS"):
         import torch
 
         torch.set_num_threads(int(os.environ["CAPSBENCH_THREADS"]))
     from studies.errors import USER_ERRORS
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args.run(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to go on (a running trial resumes from its last "
+              "checkpoint and used up no attempt)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -1,5 +1,12 @@
-"""The exceptions that mean bad input from the user (one line, exit code 2), not a bug."""
-from studies.data.datasets import DataUnavailable
+"""The exceptions that mean bad input from the user (one line, exit code 2). Anything else is a
+bug and keeps its traceback."""
+from models.fields import ConfigError
+from studies.data.affnist import AffnistError
+from studies.data.datasets import DataInvalid, DataUnavailable
 from studies.data.idx import IdxError
+from studies.engine.storage import StorageError
+from studies.spec.study import SpecError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, DataUnavailable, IdxError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, SpecError, StorageError, PermissionError, DataUnavailable, DataInvalid, IdxError, AffnistError,
+)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from studies.data.augment import parse_augmentation, rotate, shift
+from studies.data.augment import AffineParams, affine_matrices, inverse_affine, parse_augmentation, rotate, shift
 
 
 def test_shift_moves_pixels_by_integer_offsets_with_zero_fill():
@@ -46,3 +46,23 @@ def test_known_augmentations_keep_shape(name):
 def test_unknown_augmentation_is_an_error(name):
     with pytest.raises(ValueError, match="valid forms"):
         parse_augmentation(name)
+
+
+def test_closed_form_inverse_matches_linalg_inv():
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(low, high):
+        return low + (high - low) * torch.rand(256, generator=generator, dtype=torch.float64)
+
+    params = AffineParams(draw(-180, 180), draw(-0.5, 0.5), draw(0.5, 2.0), draw(0.5, 2.0), draw(-9, 9), draw(-9, 9))
+    forward = affine_matrices(params, 28, 40)
+    inverse = inverse_affine(forward)
+    assert inverse.shape == (256, 2, 3)
+    torch.testing.assert_close(inverse, torch.linalg.inv(forward)[:, :2, :], rtol=1e-12, atol=1e-12)
+    # an inverse: composing gives the identity
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(256, 1, 3)
+    identity = torch.eye(3, dtype=torch.float64).expand(256, 3, 3)
+    torch.testing.assert_close(torch.cat([inverse, bottom], dim=1) @ forward, identity)
+    # float32, as warp computes it
+    torch.testing.assert_close(inverse_affine(forward.float()), torch.linalg.inv(forward.float())[:, :2, :],
+                               rtol=1e-5, atol=1e-6)

@@ -62,18 +62,26 @@ def test_rows_cover_every_model_batch_and_mode(smoke_rows):
 def test_routing_comparison_and_data_rows(smoke_rows):
     routing = {(r["model"], r["mode"]): r for r in smoke_rows if r["section"] == "routing"}
     assert set(routing) == {
-        (m, mode) for m in ("capsnet", "reference_a_broadcast", "reference_b_stem") for mode in ("train", "infer")
+        (m, mode) for m in ("capsnet", "reference_c_plain", "reference_a_broadcast", "reference_b_stem")
+        for mode in ("train", "infer")
     } | {("capsnet_conv2d", "train"), ("reference_b_stem_conv2d", "train")}
     # smoke: 2 rounds of all, then 1 more without reference (a) in training; 2-step warm-ups
     assert routing[("capsnet", "train")]["runs"] == 3 and routing[("reference_a_broadcast", "train")]["runs"] == 2
-    assert routing[("capsnet", "infer")]["runs"] == 2
+    assert routing[("reference_c_plain", "train")]["runs"] == 3 and routing[("capsnet", "infer")]["runs"] == 2
     assert all(row["warmup_runs"] == 2 for row in routing.values())
     assert routing[("reference_a_broadcast", "train")]["speedup_vs_reference_a"] == pytest.approx(1.0)
+    assert routing[("reference_c_plain", "train")]["speedup_vs_reference_c"] == pytest.approx(1.0)
+    assert all(row["speedup_vs_reference_c"] > 0 for row in routing.values())
     assert routing[("reference_b_stem", "train")]["time_vs_stem"] == pytest.approx(1.0)
     # Same network, same products: reference (a) and ours count the same FLOPs (ours with the
     # routing on PyTorch ops, where the counter sees the vote product).
     ours, ref = routing[("capsnet", "train")], routing[("reference_a_broadcast", "train")]
     assert ours["flops_per_image"] == ref["flops_per_image"]
+    # Reference (c) also does its routing sums as matrix products, which the counter sees: per image,
+    # 3 weighted sums and 2 agreements forward, 9 of their gradients backward (the first coupling is
+    # constant), each 10 x 1152 x 16 multiply-adds.
+    plain = routing[("reference_c_plain", "train")]
+    assert plain["flops_per_image"] - ours["flops_per_image"] == 14 * 2 * 10 * 1152 * 16
     data = [r for r in smoke_rows if r["section"] == "data"]
     assert len(data) == 1 and data[0]["share_of_step_pct"] > 0
 
@@ -84,9 +92,12 @@ def test_tables_have_every_required_column(smoke_rows, tmp_path):
     frame = pd.read_csv(paths[0])
     assert list(frame.columns) == COLUMNS and len(frame) == len(smoke_rows)
     markdown = paths[1].read_text()
-    for column in REQUIRED + ["speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct"]:
+    for column in REQUIRED + ["speedup_vs_reference_c", "speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct"]:
         assert column in markdown, column
     assert "faster" in markdown and "stem" in markdown
+    # the summary quotes the fair reference first
+    summary = markdown.split("## Summary")[1]
+    assert summary.index("reference (c)") < summary.index("reference (a)")
 
 
 def test_table_name_says_dtype_and_compile(smoke_rows):
@@ -116,11 +127,11 @@ def test_default_output_directory_is_results_profile(tmp_path, run_cli):
     "args, fragment",
     [
         (["--models", "resnet"], "unknown model 'resnet'; valid models: " + ", ".join(models.names())),
-        (["--batch-sizes", "0"], "batch sizes must be positive integers, got 0"),
-        (["--batch-sizes", "8,x"], "batch sizes must be integers, got 'x'"),
-        (["--profile", "huge"], "unknown profile 'huge'"),
-        (["--routing-iters", "0"], "routing iterations must be >= 1"),
-        (["--threads", "0"], "threads must be >= 1"),
+        (["--batch-sizes", "0"], "--batch-sizes: batch_sizes[0]: input should be greater than or equal to 1"),
+        (["--batch-sizes", "8,x"], "--batch-sizes: batch_sizes[1]: input should be a valid integer"),
+        (["--profile", "huge"], "--profile: profile: input should be 'smoke', 'quick', 'standard' or 'paper'"),
+        (["--routing-iters", "0"], "--routing-iters: routing_iters: input should be greater than or equal to 1"),
+        (["--threads", "0"], "--threads: threads: input should be greater than or equal to 1"),
     ],
 )
 def test_bad_options_give_one_line_and_exit_2(args, fragment, tmp_path, run_cli):
@@ -152,3 +163,60 @@ def test_bf16_on_a_cpu_with_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
     rows = json.loads(done.stdout)
     assert {row["dtype"] for row in rows} == {"bf16"} and {row["cpu_bf16_isa"] for row in rows} == {"amx_bf16"}
     assert (tmp_path / "throughput-cpu-bf16.md").exists()
+
+
+def test_bf16_and_compile_together_on_the_cpu(tmp_path, run_cli, monkeypatch):
+    from studies.training import devices
+
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    done = run_cli("bench", "--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "2", "--device", "cpu",
+                   "--bf16", "--compile", "--no-references", "--json", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert {(row["dtype"], row["compile"]) for row in rows} == {("bf16", True)}
+    assert all(row["images_per_s"] > 0 for row in rows)
+    assert (tmp_path / "throughput-cpu-bf16-compiled.md").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-CUDA path")
+def test_gpu_check_without_cuda_says_what_it_skipped_and_succeeds(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path)], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (tmp_path / "gpu-check.log").read_text()
+    assert "no CUDA device" in log and "skipped" in log
+    assert "SKIPPED (no CUDA device): the cuda tests" in log and "bench on CUDA" in log
+
+
+def test_speed_paths_factor_is_the_paired_ratio_of_plain_to_fast():
+    import time
+
+    from bench.speed_paths import interleave
+    from bench.timing import paired_ratio
+
+    calls = []
+
+    def sleeper(name, seconds):
+        def step():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return step
+
+    fast, plain = interleave(sleeper("fast", 0.002), sleeper("plain", 0.006), rounds=4)
+    assert len(fast.times) == len(plain.times) == 4
+    assert 2.0 < paired_ratio(plain, fast) < 4.5  # 3x, give or take the sleeps' overshoot
+    # two calls each per round (one untimed, one timed), the order swapped every round
+    assert calls[:8] == ["fast", "fast", "plain", "plain", "plain", "plain", "fast", "fast"]
+
+
+def test_speed_paths_command_line(capsys):
+    from bench.speed_paths import main
+
+    assert main(["--paths", "routing_sweeps,dft_conv", "--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| routing_sweeps |" in table and "| dft_conv |" in table
+    assert main(["--paths", "workspace"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown speed path 'workspace'")

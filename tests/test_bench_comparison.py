@@ -1,10 +1,11 @@
 """The routing comparison's worker processes and their warm-up rule (bench/comparison.py)."""
+import gc
 import time
 
 import pytest
 import torch
 
-from bench.comparison import COMPARED, REFERENCE_A, Lockstep, build_compared, settle
+from bench.comparison import COMPARED, REFERENCE_A, REFERENCE_C, Lockstep, build_compared, settle
 from bench.options import BenchOptions
 
 CPU = torch.device("cpu")
@@ -29,8 +30,15 @@ class _GrowingStep:
 
 
 def test_settle_waits_until_memory_stops_growing():
-    step = _GrowingStep(grow_for=6)
-    steps = settle(step, CPU, min_seconds=0.0, max_seconds=60.0, max_steps=100, quiet_steps=4)
+    # Garbage of earlier tests freed by the collector while the blocks grow would shrink the
+    # resident set (glibc gives freed memory back) and hide the growth: free it first.
+    gc.collect()
+    gc.disable()
+    try:
+        step = _GrowingStep(grow_for=6)
+        steps = settle(step, CPU, min_seconds=0.0, max_seconds=60.0, max_steps=100, quiet_steps=4)
+    finally:
+        gc.enable()
     assert steps == (6 + 4, True)  # six growing steps, then four quiet ones
 
 
@@ -49,6 +57,8 @@ def test_every_worker_builds_the_same_weights():
         assert torch.equal(a, b)
     reference = build_compared(REFERENCE_A, _options())
     assert torch.equal(reference.conv1.weight, ours.conv1.weight)
+    plain = build_compared(REFERENCE_C, _options())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), ours.state_dict().values()))
     with pytest.raises(ValueError, match="unknown compared model 'resnet'"):
         build_compared("resnet", _options())
 

@@ -26,9 +26,9 @@ def assert_one_line_error(done, *fragments):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["--model", "resnet"], ["unknown model", "capsnet, cnn_paper, cnn_pool"]),
+        (["--model", "resnet"], ["--model: invalid choice: 'resnet'", "'capsnet', 'capsnet_multi', 'cnn_multi', 'cnn_paper', 'cnn_pool'"]),
         (["--routing-iters", "0"], ["routing_iters: input should be greater than or equal to 1, got 0"]),
-        (["--recon-weight", "-1"], ["recon_weight: input should be greater than or equal to 0, got -1.0"]),
+        (["--recon-weight", "-1"], ["recon_weight: input should be greater than or equal to 0, got -1"]),
         (["--aug", "flip"], ["unknown augmentation"]),
         (["--dataset", "cifar"], ["dataset: input should be 'mnist' or 'fashion_mnist', got 'cifar'"]),
         (["--epochs", "0"], ["epochs: input should be greater than or equal to 1, got 0"]),
@@ -40,7 +40,7 @@ def test_bad_arguments(args, fragments, studies):
 
 def test_the_entry_point_reports_bad_input_in_one_line():
     done = subprocess.run([sys.executable, "-m", "studies", "train", "--model", "resnet"], capture_output=True, text=True)
-    assert_one_line_error(done, "unknown model")
+    assert_one_line_error(done, "invalid choice: 'resnet'")
 
 
 def test_missing_data_names_the_sources_tried(tmp_path, studies):
@@ -56,7 +56,7 @@ def test_wrong_dataset_in_place_is_an_error(tmp_path, studies):
     write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8))
     write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(10, np.uint8))
     done = studies("train", "--data-root", tmp_path, env={"CAPSBENCH_DATA_SOURCES": "present"})
-    assert_one_line_error(done, "train-images-idx3-ubyte", "expected 60000")
+    assert_one_line_error(done, "train-images-idx3-ubyte", "expected (60000, 28, 28)")
 
 
 @pytest.mark.data

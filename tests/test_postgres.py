@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -158,10 +159,10 @@ def test_two_workers_share_one_postgres_study(postgres_url, tmp_path):
                    "--storage", postgres_url, "--no-progress", results=results, timeout=300)
     elapsed = time.monotonic() - started
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "2 workers on postgresql://" in done.stdout
+    assert "2 workers, storage: postgresql://" in done.stdout
 
     # read back through the project's own storage opener, as the report does
-    study = optuna.load_study(study_name="tiny.mnist.smoke", storage=open_storage(postgres_url, results))
+    study = optuna.load_study(study_name="tiny.mnist.smoke", storage=open_storage(postgres_url))
     trials = study.get_trials()
     completed = Counter(t.user_attrs["point"] for t in trials if t.state == TrialState.COMPLETE)
     assert len(completed) == 4 and set(completed.values()) == {1}, completed
@@ -191,3 +192,103 @@ def test_unreachable_postgres_fails_in_one_line(tmp_path):
     # the failure must be the refused connection, not e.g. a missing database driver
     assert "connect" in lines[0].lower() and "import" not in lines[0].lower(), lines[0]
     assert elapsed < 30
+
+
+POINTS_SPEC = """
+name = "{name}"
+[[arms]]
+model = "cnn_pool"
+[arms.scientific]
+augmentation = ["none", "shift2"]
+[profiles.smoke]
+seeds = [0, 1, 2, 3]
+train_size = {train_size}
+test_size = 50
+epochs = 1
+batch_size = 16
+"""
+
+
+def points_spec(tmp_path, name, train_size):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(POINTS_SPEC.format(name=name, train_size=train_size))
+    return path
+
+
+def exactly_once(trials):
+    completed = Counter(t.user_attrs["point"] for t in trials if t.state == TrialState.COMPLETE)
+    assert len(completed) == 8 and set(completed.values()) == {1}, completed
+
+
+def test_four_workers_train_every_point_exactly_once(postgres_url, tmp_path):
+    spec = points_spec(tmp_path, "quad", 64)
+    done = run_cli("run", "--study", str(spec), "--profile", "smoke", "--workers", "4", "--storage", postgres_url,
+                   "--no-progress", "--no-report", results=tmp_path / "results", timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = optuna.load_study(study_name="quad.mnist.smoke", storage=open_storage(postgres_url)).get_trials()
+    exactly_once(trials)
+    # Enqueuing happens under a database lock: no point was ever enqueued, claimed or trained twice.
+    assert len(trials) == 8 and sum("config" in t.user_attrs for t in trials) == 8
+
+
+@pytest.mark.slow
+def test_chaos_killed_workers_lose_no_result(postgres_url, tmp_path):
+    """Three workers; a killer sends SIGKILL to a random one every few seconds (four times, then
+    stops) and starts a new one in its place. In the end every point has exactly one completed
+    trial, every result seen completed is still there, and the report builds."""
+    import random
+
+    spec = points_spec(tmp_path, "chaos", 400)
+    results = tmp_path / "results"
+    args = ["run", "--study", str(spec), "--profile", "smoke", "--storage", postgres_url, "--heartbeat", "1",
+            "--grace", "3", "--no-progress", "--no-report"]
+
+    # one thread each: three workers share the machine's cores instead of oversubscribing them
+    env = dict(os.environ, CAPSBENCH_RESULTS=str(results), CAPSBENCH_THREADS="1")
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "studies", *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    storage = open_storage(postgres_url)
+    rng = random.Random(0)
+    workers = [start() for _ in range(3)]
+    seen: dict[int, tuple[str, float]] = {}
+    kills, next_kill = 0, time.monotonic() + rng.uniform(4, 8)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and any(w.poll() is None for w in workers):
+            time.sleep(0.3)
+            try:
+                trials = optuna.load_study(study_name="chaos.mnist.smoke", storage=storage).get_trials()
+            except KeyError:
+                continue
+            for trial in trials:
+                if trial.state == TrialState.COMPLETE:
+                    seen.setdefault(trial.number, (trial.user_attrs["point"], trial.value))
+            if kills < 4 and time.monotonic() > next_kill:
+                alive = [w for w in workers if w.poll() is None]
+                if alive:
+                    victim = rng.choice(alive)
+                    os.killpg(victim.pid, signal.SIGKILL)
+                    victim.wait()
+                    workers[workers.index(victim)] = start()
+                    kills += 1
+                next_kill = time.monotonic() + rng.uniform(2, 5)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    assert kills == 4
+    final = run_cli(*args, results=results, timeout=120)  # one more worker finishes what is left
+    assert final.returncode == 0, final.stderr
+    trials = optuna.load_study(study_name="chaos.mnist.smoke", storage=storage).get_trials()
+    exactly_once(trials)
+    by_number = {t.number: t for t in trials}
+    for number, (point, value) in seen.items():
+        assert by_number[number].state == TrialState.COMPLETE and by_number[number].value == value, number
+    report = run_cli("report", "--study", str(spec), "--profile", "smoke", "--storage", postgres_url,
+                     results=results, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert (results / "smoke" / "REPORT.md").stat().st_size > 0

@@ -5,11 +5,11 @@ import models
 
 
 def test_registry_lists_models():
-    assert models.names() == ["capsnet", "cnn_paper", "cnn_pool"]
+    assert models.names() == ["capsnet", "capsnet_multi", "cnn_multi", "cnn_paper", "cnn_pool"]
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ValueError, match="capsnet, cnn_paper, cnn_pool"):
+    with pytest.raises(models.ConfigError, match="capsnet, capsnet_multi, cnn_multi, cnn_paper, cnn_pool"):
         models.create("resnet")
 
 

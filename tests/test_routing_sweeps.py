@@ -16,7 +16,8 @@ from models.capsnet import CapsNet, CapsNetConfig, DigitCaps
 from models.cpu import kernels as cpu_kernels
 from models.routing_sweeps import VotesGrad, backward_sweep, forward_sweep, torch_sweeps, votes_and_sum
 
-CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 7  # odd sizes: no accidental alignment
+# odd sizes: no accidental alignment; the batch at least MIN_KERNEL_BATCH, so the kernels run
+CHILDREN, DIM, PARENTS, BATCH = 37, 5, 3, 17
 WIDTH = PARENTS * BATCH
 
 
@@ -47,10 +48,10 @@ def test_forward_sweep_matches_torch_ops(kernel):
 def test_forward_sweep_softmax_holds_for_extreme_logits(kernel):
     """The kernel's own exp: logits far apart (exp underflows below -87) and equal."""
     logits = torch.tensor([[0.0, -50.0, -100.0], [3.0, 3.0, 3.0], [-1e4, 0.0, 20.0]]).view(3, 3, 1)
-    logits = logits.repeat(1, 1, 2)  # batch 2
-    votes = torch.zeros(3, 1, 3 * 2)  # no agreement: the softmax of the logits as they are
+    logits = logits.repeat(1, 1, 16)  # batch 16
+    votes = torch.zeros(3, 1, 3 * 16)  # no agreement: the softmax of the logits as they are
     coupling = torch.empty_like(logits)
-    forward_sweep(votes, torch.zeros(1, 3 * 2), logits.clone(), coupling, 3)
+    forward_sweep(votes, torch.zeros(1, 3 * 16), logits.clone(), coupling, 3)
     torch.testing.assert_close(coupling, torch.softmax(logits.double(), dim=1).float(), rtol=3e-7, atol=1e-30)
     # below e^-87 a coupling is 0, not a subnormal
     assert (coupling[0, 2] == 0).all() and (coupling[2, 0] == 0).all()
@@ -108,8 +109,8 @@ def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, i
         monkeypatch.setattr(routing_sweeps, "_BLOCK_BYTES", block_bytes)
     torch.manual_seed(0)
     layer = DigitCaps(CapsNetConfig(routing_iters=iters))
-    u = torch.randn(6, layer.weight.shape[0], layer.weight.shape[2]).mul_(0.5)
-    grad_v = torch.randn(6, layer.weight.shape[1], layer.weight.shape[3])
+    u = torch.randn(BATCH, layer.weight.shape[0], layer.weight.shape[2]).mul_(0.5)
+    grad_v = torch.randn(BATCH, layer.weight.shape[1], layer.weight.shape[3])
     results = []
     for use_torch in (False, True):
         layer.zero_grad()
@@ -124,31 +125,40 @@ def test_digit_capsules_give_the_same_outputs_and_gradients_either_way(kernel, i
 
 
 def test_only_float32_on_the_cpu_uses_the_kernel(kernel):
-    votes = torch.randn(4, 3, 2 * 5)
-    assert cpu_kernels.version("cpu") == "cpp" and routing_sweeps._use_kernel(votes)
+    batch = routing_sweeps.MIN_KERNEL_BATCH
+    votes = torch.randn(4, 3, 2 * batch)
+    assert cpu_kernels.version("cpu") == "cpp" and routing_sweeps._use_kernel(votes, batch)
     with torch_sweeps():
-        assert not routing_sweeps._use_kernel(votes)
-    assert not routing_sweeps._use_kernel(votes.double())  # float64 runs the PyTorch ops
+        assert not routing_sweeps._use_kernel(votes, batch)
+    assert not routing_sweeps._use_kernel(votes.double(), batch)  # float64 runs the PyTorch ops
+    assert not routing_sweeps._use_kernel(votes, batch - 1)  # small batches too: there they are slower
 
 
-def test_sweeps_are_deterministic_with_more_threads_than_cores(kernel):
-    """Partial sums are added in chunk order, not in the order threads finish."""
+def test_sweeps_give_bit_identical_results_at_any_thread_count(kernel):
+    """Partial sums over fixed chunks of children, added in chunk order: neither the thread count
+    (which moves parallel_for's boundaries) nor the order threads finish in changes a bit. 1155
+    children: 36 full chunks and a short one."""
     gen = torch.Generator().manual_seed(3)
-    votes, v = _random(1152, 16, 10 * 8, generator=gen), _random(16, 10 * 8, generator=gen)
-    weight_t, u_t = _random(1152, 16, 8, generator=gen), _random(1152, 8, 8, generator=gen)
+    children = 1155
+    votes, v = _random(children, 16, 10 * BATCH, generator=gen), _random(16, 10 * BATCH, generator=gen)
+    weight_t, u_t = _random(children, 16, 8, generator=gen), _random(children, 8, BATCH, generator=gen)
     threads = torch.get_num_threads()
-    torch.set_num_threads(4)
+    results = {}
     try:
-        results = set()
-        for _ in range(8):
-            logits, coupling = torch.zeros(1152, 10, 8), torch.empty(1152, 10, 8)
+        for count in (1, 2, 4, 4, 4, 3):  # 4 threads, more than this machine's cores, three times
+            torch.set_num_threads(count)
+            logits, coupling = torch.zeros(children, 10, BATCH), torch.empty(children, 10, BATCH)
             s = forward_sweep(votes, v, logits, coupling, 10)
             grad_v = backward_sweep(votes, coupling, v, torch.zeros_like(logits), 10)
-            total = votes_and_sum(weight_t, u_t, torch.empty(1152, 16, 8))
-            results.add((s.numpy().tobytes(), grad_v.numpy().tobytes(), total.numpy().tobytes()))
+            total = votes_and_sum(weight_t, u_t, torch.empty(children, 16, BATCH))
+            outputs = (s, logits, coupling, grad_v, total)
+            results.setdefault(tuple(t.numpy().tobytes() for t in outputs), []).append(count)
     finally:
         torch.set_num_threads(threads)
-    assert len(results) == 1
+    assert len(results) == 1, f"thread counts with different bits: {list(results.values())}"
+    # and the sums are sums: against float64 in one pass
+    expected = torch.bmm(weight_t.double(), u_t.double()).sum(0)
+    torch.testing.assert_close(total.double(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_a_failed_build_warns_once_and_routing_still_runs(monkeypatch):

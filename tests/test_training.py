@@ -62,14 +62,6 @@ def test_cli_trains_and_prints_json():
     assert set(metrics) >= {"test_accuracy", "test_error", "history", "train_seconds", "train_images_per_s"}
 
 
-def test_malloc_thresholds_are_pinned_on_glibc():
-    import platform
-
-    from models.cpu.allocator import pin_malloc_thresholds
-
-    assert pin_malloc_thresholds() == (platform.libc_ver()[0] == "glibc")
-
-
 def test_models_are_initialised_from_the_configured_seed():
     first = build_model(TrainConfig(model="cnn_pool", seed=1))
     torch.rand(10)  # whatever ran before must not matter

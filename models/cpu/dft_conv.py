@@ -2,11 +2,13 @@
 as `F.conv2d(h, w, b, stride=2)`, float rounding aside, with a third of the arithmetic.
 
 Why: on the CPU this one convolution is most of a CapsNet training step, and oneDNN's backward
-for it takes about 4x its forward. Measured on the project's 2-core CPU (fp32, batch 64): forward
-126 ms here vs 137 ms for nn.Conv2d, forward + backward 344 ms vs 661 ms; Conv1 + PrimaryCaps
-together 1.6-1.8x faster. At batch 16 it is slower (the weight transform is a fixed cost per
-step), and a forward alone gains nothing: hence `worthwhile`. The price is memory: the weight
-spectra and their gradient (about 109 MB each for CapsNet) stay in the layer's workspace.
+for it takes about 4x its forward. Forward + backward at batch 64 against F.conv2d, measured by
+`python -m bench.speed_paths --paths dft_conv,dft_conv_bf16` (rounds interleaved in one process)
+on the project's 2-core CPU: float32 1.49x (420 vs 601 ms), under bf16 autocast 2.06x (151 vs
+315 ms); with `--threads 1`, while other work loaded the machine, 1.98x and 2.85x. At batch 16 it
+is slower (the weight transform is a fixed cost per step), and a forward alone gains nothing:
+hence `worthwhile`. The price is memory: the weight spectra (about 109 MB for CapsNet) are kept
+for the backward.
 
 The maths. A stride-2 correlation splits into its four polyphase parts: with the phase images
 h_pq[m, n] = h[2m + p, 2n + q] (N x N, N = side / 2) and the phase kernels
@@ -21,10 +23,9 @@ straight into the layout of one batched real matmul per pass:
     [Re H; Im H] (2B x K) @ [Re W; Im W]^T (K x 2O)
 whose four blocks give Re Y = Hr Wr' + Hi Wi' and Im Y = Hi Wr' - Hr Wi'. The backward is the
 exact adjoint, written out (two more batched matmuls and the transposed transforms). The
-polyphase split and merge run in C++ on the CPU (models/cpu/csrc/dft_layouts.h, via
-`models.cpu.kernels`): at batch 64 the backward's two merges took 15.7 + 8.8 ms as PyTorch
-permutes and 5.1 + 4.8 ms in C++ (the forward's splits, 9.5 + 3.3 ms in PyTorch, were not timed
-alone in C++; CapsNet's whole step went from 458 to 408 ms with all kernels on, in one run).
+polyphase split and merge are PyTorch pads and permutes: a C++ version gained 1.10x (2 threads)
+and 1.14x (1 thread) on this convolution's forward + backward, less than the 1.3x a speed path
+must gain, and was removed.
 """
 from __future__ import annotations
 
@@ -35,14 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from models.compile_barrier import eager_under_compile
-from models.cpu import kernels as cpu_kernels
-from models.cpu.workspace import Workspace
 
 KERNEL = 9  # with stride 2
 PHASE_KERNEL = (KERNEL + 1) // 2  # 5: the 9x9 kernel padded to 10x10, split in 4 phases
-# Below this batch the fixed cost of transforming the weights outweighs the gain (measured:
-# batch 16 0.88x, 32 1.37x, 64 1.6-1.8x, 128 1.8x of nn.Conv2d's speed on 2 CPU cores).
-MIN_BATCH = 32
+# Below this batch the fixed cost of transforming the weights leaves less than the 1.3x a speed path
+# must gain (`python -m bench.speed_paths --paths dft_conv --batch B --threads T`, float32: batch 16
+# 0.68x, 32 1.25x at 1 thread and 1.10x at 2, 48 1.36x and 1.34x, 64 as above).
+MIN_BATCH = 48
 
 _transforms: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 _direct_only = False
@@ -129,8 +129,6 @@ def _transforms_for(n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 def _split_phases(x: torch.Tensor, n: int) -> torch.Tensor:
     """(R, S, S) -> (R * 4, n * n), S <= 2n: row r * 4 + p * 2 + q is phase (p, q) of image r,
     x[r, 2i + p, 2j + q] at i * n + j, zero beyond the side."""
-    if cpu_kernels.usable(x):
-        return cpu_kernels.module().split_phases(x.contiguous(), n)
     rows, side = x.shape[0], x.shape[1]
     padded = F.pad(x, (0, 2 * n - side, 0, 2 * n - side)).reshape(rows, n, 2, n, 2)
     return padded.permute(0, 2, 4, 1, 3).reshape(rows * 4, n * n)
@@ -138,8 +136,6 @@ def _split_phases(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def _merge_phases(g: torch.Tensor, side: int) -> torch.Tensor:
     """The inverse layout: (R * 4, n * n) -> (R, side, side), dropping positions beyond the side."""
-    if cpu_kernels.usable(g):
-        return cpu_kernels.module().merge_phases(g.contiguous(), side)
     rows, n = g.shape[0] // 4, math.isqrt(g.shape[1])
     images = g.view(rows, 2, 2, n, n).permute(0, 3, 1, 4, 2).reshape(rows, 2 * n, 2 * n)
     return images[:, :side, :side].contiguous()
@@ -147,7 +143,7 @@ def _merge_phases(g: torch.Tensor, side: int) -> torch.Tensor:
 
 class _Stride2ConvDFT(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, bias, workspace):
+    def forward(ctx, h, w, bias):
         batch, channels, side, _ = h.shape
         out_channels = w.shape[0]
         n, inputs = side // 2, 4 * channels
@@ -156,9 +152,8 @@ class _Stride2ConvDFT(torch.autograd.Function):
         # rows of bin k: [Re H_k; Im H_k] (2B x K) and [Re W_k; Im W_k] (2O x K)
         h_phases = _split_phases(h.view(batch * channels, side, side), n)
         h_spectra = torch.mm(image_to_spectrum.t(), h_phases.t()).view(bins, 2 * batch, inputs)
-        w_spectra = workspace.get("weight_spectra", (bins, 2 * out_channels, inputs), h)
         w_phases = _split_phases(w.view(out_channels * channels, KERNEL, KERNEL), PHASE_KERNEL)
-        torch.mm(kernel_to_spectrum.t(), w_phases.t(), out=w_spectra.view(2 * bins, -1))
+        w_spectra = torch.mm(kernel_to_spectrum.t(), w_phases.t()).view(bins, 2 * out_channels, inputs)
         products = torch.bmm(h_spectra, w_spectra.transpose(1, 2)).view(bins, 2, batch, 2, out_channels)
         y_spectra = h.new_empty(bins, 2, batch, out_channels)
         torch.add(products[:, 0, :, 0], products[:, 1, :, 1], out=y_spectra[:, 0])
@@ -166,7 +161,7 @@ class _Stride2ConvDFT(torch.autograd.Function):
         out_side = n - PHASE_KERNEL + 1
         y = torch.mm(y_spectra.view(2 * bins, -1).t(), spectrum_to_output).view(batch, out_channels, out_side, out_side)
         ctx.save_for_backward(h_spectra, w_spectra)
-        ctx.workspace, ctx.n = workspace, n
+        ctx.n = n
         return y + bias.view(1, -1, 1, 1)
 
     @staticmethod
@@ -193,17 +188,16 @@ class _Stride2ConvDFT(torch.autograd.Function):
             grad_h_phases = torch.mm(grad_h_spectra.t(), image_to_spectrum.t())
             grad_h = _merge_phases(grad_h_phases, 2 * n).view(batch, channels, 2 * n, 2 * n)
         if ctx.needs_input_grad[1]:
-            grad_w_spectra = ctx.workspace.get("weight_spectra_grad", w_spectra.shape, grad_y)
-            torch.bmm(grad_products.transpose(1, 2), h_spectra, out=grad_w_spectra)
+            grad_w_spectra = torch.bmm(grad_products.transpose(1, 2), h_spectra)
             grad_w_phases = torch.mm(grad_w_spectra.view(2 * bins, -1).t(), kernel_to_spectrum.t())
             grad_w = _merge_phases(grad_w_phases, KERNEL).view(out_channels, channels, KERNEL, KERNEL)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_y.sum((0, 2, 3))
-        return grad_h, grad_w, grad_bias, None
+        return grad_h, grad_w, grad_bias
 
 
 @eager_under_compile
-def stride2_conv_dft(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+def stride2_conv_dft(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """`F.conv2d(h, w, bias, stride=2)` for a 9x9 kernel w (O, C, 9, 9) and a square h (B, C, S, S)."""
     if w.shape[2:] != (KERNEL, KERNEL) or h.shape[2] != h.shape[3] or h.shape[2] < KERNEL:
         raise ValueError(f"stride2_conv_dft takes a 9x9 kernel on a square input >= 9, got {tuple(w.shape)} "
@@ -213,4 +207,4 @@ def stride2_conv_dft(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, works
     # Autocast is off inside (the out= products do not autocast); the dtype is chosen here.
     dtype = compute_dtype(h)
     with torch.autocast(h.device.type, enabled=False):
-        return _Stride2ConvDFT.apply(h.to(dtype).contiguous(), w.to(dtype).contiguous(), bias.to(dtype), workspace)
+        return _Stride2ConvDFT.apply(h.to(dtype).contiguous(), w.to(dtype).contiguous(), bias.to(dtype))

@@ -1,9 +1,10 @@
 """The project's small C++ kernels for the CPU (models/cpu/csrc), built once and loaded on demand.
 
-Two concerns use them, each with a PyTorch fallback that computes the same function (tested):
-the routing sweeps (`models.routing_sweeps`) and the polyphase layouts of the DFT convolution
-(`models.cpu.dft_conv`). They are built with torch.utils.cpp_extension (g++ and ninja, about 40 s;
-`make setup` does it via `python -m models.cpu.build`) into torch's extension cache, under
+They are the routing sweeps (`models.routing_sweeps`), whose PyTorch fallback computes the same
+function (tested); a C++ version of the DFT convolution's polyphase layouts gained only 1.10x on
+that convolution and was removed (a speed path has to gain 1.3x). They are built with
+torch.utils.cpp_extension (g++ and ninja, about 40 s; `make setup` does it via
+`python -m models.cpu.build`) into torch's extension cache, under
 a name hashed from the sources, the flags, the torch version and this checkout's path, so an
 edited header or a new torch is never served a stale build and two checkouts do not rebuild
 each other's. Where they cannot be built the PyTorch fallbacks run, after one warning saying

@@ -34,6 +34,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
+from models.fields import ConfigError
 from studies.data.idx import IdxError, idx_shape, read_idx, write_idx
 
 RAW_FILES = (
@@ -133,13 +134,13 @@ def get_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}") from None
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}") from None
 
 
 def split_files(split: str) -> tuple[str, str]:
     """(images file, labels file) for a split, named as in RAW_FILES."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     prefix = "train" if split == "train" else "t10k"
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
@@ -170,6 +171,44 @@ def _check_split(info: DatasetInfo, split: str, images: np.ndarray, labels: np.n
             f"{where / label_file}: label histogram {list(histogram)} differs from {info.name}'s "
             f"{list(info.histogram(split))}"
         )
+
+
+def _check_file(info: DatasetInfo, directory: Path, name: str) -> None:
+    """One raw file on its own: readable IDX with the split's shape, labels with its histogram."""
+    split = "train" if name.startswith("train") else "test"
+    size, side = info.size(split), info.image_size
+    array = read_idx(directory / name)
+    if name.endswith("images-idx3-ubyte"):
+        if array.ndim != 3 or array.shape != (size, side, side):
+            raise DataInvalid(f"{directory / name}: images shaped {tuple(array.shape)}, expected ({size}, {side}, {side})")
+        return
+    if array.ndim != 1 or array.shape[0] != size:
+        raise DataInvalid(f"{directory / name}: labels shaped {tuple(array.shape)}, expected ({size},)")
+    if array.size and int(array.max()) >= info.num_classes:
+        raise DataInvalid(f"{directory / name}: label {int(array.max())} outside 0..{info.num_classes - 1}")
+    histogram = tuple(int(n) for n in np.bincount(array, minlength=info.num_classes))
+    if histogram != info.histogram(split):
+        raise DataInvalid(f"{directory / name}: label histogram {list(histogram)} differs from {info.name}'s "
+                          f"{list(info.histogram(split))}")
+
+
+def _check_present_files(info: DatasetInfo, raw_dir: Path) -> list[str]:
+    """Check every raw file that is there (DataInvalid or IdxError naming the first damaged one);
+    return the names of the missing ones. Nothing is fetched before this passed."""
+    present = [name for name in RAW_FILES if (raw_dir / name).is_file()]
+    if len(present) == len(RAW_FILES) and _stamp_matches(info, raw_dir):
+        return []
+    for name in present:
+        _check_file(info, raw_dir, name)
+    return [name for name in RAW_FILES if name not in present]
+
+
+def check_present(names: Sequence[str], root: str | os.PathLike[str] | None = None) -> None:
+    """Every present file of every named dataset checked, before anything is fetched for any."""
+    root = Path(root) if root is not None else default_data_root()
+    for name in names:
+        info = get_info(name)
+        _check_present_files(info, root / info.folder / "raw")
 
 
 def _validate_dir(info: DatasetInfo, directory: Path) -> None:
@@ -370,15 +409,18 @@ def _fetcher(info: DatasetInfo, source: str) -> Fetcher:
     return fetcher
 
 
-def _fetch_into_place(info: DatasetInfo, root: Path, raw_dir: Path, fetch: Fetcher) -> None:
+def _fetch_into_place(info: DatasetInfo, root: Path, raw_dir: Path, fetch: Fetcher, missing: list[str]) -> None:
+    """Fetch, validate, and move only the missing files into place: a file that is there (and
+    passed its checks) is never replaced."""
     root.mkdir(parents=True, exist_ok=True)
     # Staging inside root keeps the final os.replace on one filesystem, hence atomic per file.
     with tempfile.TemporaryDirectory(dir=root, prefix=f".staging-{info.name}-") as stage:
         produced = fetch(info, root, Path(stage))
         _validate_dir(info, produced)
         raw_dir.mkdir(parents=True, exist_ok=True)
-        for name in RAW_FILES:
+        for name in missing:
             os.replace(produced / name, raw_dir / name)
+    _validate_dir(info, raw_dir)
     _write_stamp(info, raw_dir)
 
 
@@ -393,17 +435,16 @@ def _check_sources(sources: Sequence[str] | None) -> tuple[str, ...]:
     chosen = SOURCES if sources is None else tuple(sources)
     unknown = [source for source in chosen if source not in SOURCES]
     if unknown:
-        raise ValueError(f"unknown sources {unknown}; valid sources: {', '.join(SOURCES)}")
+        raise ConfigError(f"unknown sources {unknown}; valid sources: {', '.join(SOURCES)}")
     return chosen
 
 
-def _use_present(info: DatasetInfo, raw_dir: Path) -> str | None:
-    """None if valid files are present; else why not. Damaged files raise instead.
+def _use_present(info: DatasetInfo, raw_dir: Path, missing: list[str]) -> str | None:
+    """None if all files are present (and were checked); else which are missing.
 
-    Damaged files are not silently replaced: everything this module writes is
-    validated first, so a bad file came from elsewhere and someone should look.
+    Damaged files raise (before anything is fetched) and are never replaced: everything this
+    module writes is validated first, so a bad file came from elsewhere and someone should look.
     """
-    missing = [name for name in RAW_FILES if not (raw_dir / name).is_file()]
     if missing:
         return f"missing {', '.join(missing)} in {raw_dir}"
     if not _stamp_matches(info, raw_dir):
@@ -422,16 +463,17 @@ def prepare(name: str, root: str | os.PathLike[str] | None = None, sources: Sequ
     chosen = _check_sources(sources)
     root = Path(root) if root is not None else default_data_root()
     raw_dir = root / info.folder / "raw"
+    missing = _check_present_files(info, raw_dir)
     attempts: list[tuple[str, str]] = []
     for source in chosen:
         try:
             if source == "present":
-                reason = _use_present(info, raw_dir)
+                reason = _use_present(info, raw_dir, missing)
                 if reason is None:
                     return raw_dir
                 attempts.append((source, reason))
             else:
-                _fetch_into_place(info, root, raw_dir, _fetcher(info, source))
+                _fetch_into_place(info, root, raw_dir, _fetcher(info, source), missing)
                 return raw_dir
         except _SourceFailed as exc:
             attempts.append((source, str(exc)))
@@ -471,6 +513,7 @@ __all__ = [
     "DataUnavailable",
     "DatasetInfo",
     "IdxError",
+    "check_present",
     "default_data_root",
     "get_info",
     "load",

@@ -1,202 +1,124 @@
-"""Runs a study spec under Optuna: one trial per grid point x seed, each trained once.
+"""Runs a study spec under Optuna: one trial per grid point x seed, each trained exactly once.
 
-The grid is enqueued (`enqueue_trial`) and workers claim WAITING trials one at a time, so
-any number of worker processes, on one machine or many, can share a study. A trial is
-done when it is COMPLETE; a worker that dies leaves its trial RUNNING, and the heartbeat
-below lets any later worker notice it (no beat for `grace_s`), fail it and retrain it.
+Workers (processes on one host sharing a file storage, or anywhere sharing a PostgreSQL
+database) loop: fail the trials whose worker is gone (`liveness`), then, under a lock on the
+storage, enqueue the points that are missing, then claim one WAITING trial (an atomic state change
+in every Optuna storage) and run it. A finished trial is recorded under the same lock, so a point
+never gets two completed trials. A point is identified by its key (model, scientific values,
+seed) and by a hash of everything its result depends on, so a spec that grows trains only what is
+new and a changed budget retrains instead of mixing results.
+
+Failures: a divergence is final; a crash, a lost worker or running out of memory uses one of
+MAX_ATTEMPTS attempts; an interrupt (Ctrl-C, SIGTERM) uses none. `retry_failed` gives points that
+failed for good another round.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import optuna
+import torch
+from annotated_types import Interval
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from studies.engine.storage import open_storage, results_dir
-from studies.engine.tasks import TASKS, TrainHooks, preflight
+from models.fields import check_fields
+from studies.engine.bookkeeping import (
+    FAILURE_ATTR,
+    IDENTITY_ATTR,
+    POINT_ATTR,
+    RETRY_ATTR,
+    VALUES_ATTR,
+    identity_hash,
+    point_states,
+    point_values,
+    study_name,
+)
+from studies.engine.liveness import Liveness
+from studies.engine.storage import choose_storage, ensure_writable, exclusive, open_storage, results_dir
+from studies.engine.tasks import TASKS, TaskOutcome, TrainHooks, preflight
+from studies.spec.schema import PROFILES
 from studies.spec.study import Point, StudySpec
+from studies.training.devices import resolve_device
 from studies.training.train import Diverged, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-POINT_ATTR = "point"
-# The point's values (model, scientific parameters, seed) as a dict: the trial's coordinates. They
-# are not Optuna parameters, whose fixed categorical choices would refuse a spec that grows.
-VALUES_ATTR = "values"
-# A hash of everything the result depends on besides the point (the whole training configuration,
-# the kind's settings, the robustness set): trials of an older budget keep their results but are
-# superseded, never mixed into a table.
-IDENTITY_ATTR = "identity"
-FAILURE_ATTR = "failure"
-HEARTBEAT_ATTR = "heartbeat"
-MAX_CRASH_RETRIES = 3
-
 
 @dataclass
 class RunOptions:
-    profile: str = "quick"
+    profile: Literal[PROFILES] = "quick"
     storage: str | None = None
     results_root: str | None = None
     device: str = "auto"
     data_root: str | None = None
     progress: bool = True
-    heartbeat_s: float = 10.0
-    grace_s: float = 60.0
-    workers: int = 1
+    # Seconds between a running trial's heartbeats (server storages) ...
+    heartbeat_s: Annotated[float, Interval(gt=0, le=3600)] = 10.0
+    # ... and without one before its worker counts as gone (file storages: a trial claimed but
+    # never leased).
+    grace_s: Annotated[float, Interval(gt=0, le=86400)] = 60.0
+    workers: Annotated[int, Interval(ge=1, le=256)] = 1
+    retry_failed: bool = False
+
+    def __post_init__(self):
+        check_fields(self)
 
     @property
     def results(self):
         return results_dir(self.profile, self.results_root)
 
 
-def study_name(spec: StudySpec, profile: str) -> str:
-    return f"{spec.name}.{spec.dataset}.{profile}"
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so a trial can record that it was interrupted."""
 
 
-def open_study(spec: StudySpec, options: RunOptions) -> optuna.Study:
-    storage = open_storage(options.storage, options.results, options.workers)
+def open_study(spec: StudySpec, options: RunOptions, storage) -> optuna.Study:
     study = optuna.create_study(
         study_name=study_name(spec, options.profile), storage=storage, direction="minimize", load_if_exists=True
     )
     for key, value in {"spec": spec.name, "title": spec.title, "kind": spec.kind,
                        "dataset": spec.dataset, "profile": options.profile}.items():
-        study.set_user_attr(key, value)
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
     return study
 
 
-def point_values(point: Point) -> dict[str, Any]:
-    return {"model": point.model, **dict(point.values), "seed": point.seed}
-
-
-def identity_hash(config: dict[str, Any], task_identity: dict[str, Any]) -> str:
-    """Everything a trial's result depends on but the device it ran on and where files are."""
-    run_independent = {"device", "data_root", "progress"}
-    payload = {"config": {k: v for k, v in config.items() if k not in run_independent}, "task": task_identity}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _is_terminal_failure(trial: optuna.trial.FrozenTrial) -> bool:
-    return str(trial.user_attrs.get(FAILURE_ATTR, "")).startswith("diverged")
-
-
-def point_states(trials: list[optuna.trial.FrozenTrial], identities: dict[str, str]) -> dict[str, str]:
-    """Per point key: done, failed (terminal), pending (waiting/running) or retry. Only trials of
-    the point's current identity count; `identities` maps each point key to it."""
-    by_point: dict[str, list[optuna.trial.FrozenTrial]] = defaultdict(list)
-    for trial in trials:
-        key = trial.user_attrs.get(POINT_ATTR)
-        if key in identities and trial.user_attrs.get(IDENTITY_ATTR) == identities[key]:
-            by_point[key].append(trial)
-    states = {}
-    for key, group in by_point.items():
-        if any(t.state == TrialState.COMPLETE for t in group):
-            states[key] = "done"
-        elif any(t.state == TrialState.FAIL and _is_terminal_failure(t) for t in group):
-            states[key] = "failed"
-        elif any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in group):
-            states[key] = "pending"
-        elif sum(t.state == TrialState.FAIL for t in group) >= MAX_CRASH_RETRIES:
-            states[key] = "failed"
-        else:
-            states[key] = "retry"
-    return states
-
-
-def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[int]:
-    """Mark RUNNING trials whose worker stopped beating as FAIL; returns their numbers."""
-    storage, now, failed = study._storage, time.time(), []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = trial.user_attrs.get(HEARTBEAT_ATTR)
-        if last is None and trial.datetime_start is not None:
-            last = trial.datetime_start.timestamp()
-        if last is not None and now - last > grace_s:
-            trial_id = trial._trial_id
-            storage.set_trial_user_attr(trial_id, FAILURE_ATTR, f"stale: no heartbeat for {now - last:.0f} s (worker killed?)")
-            try:
-                storage.set_trial_state_values(trial_id, TrialState.FAIL)
-                failed.append(trial.number)
-            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                pass  # finished meanwhile
-    return failed
-
-
-def claim_waiting(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically move one WAITING trial to RUNNING for this worker."""
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
-                return optuna.trial.Trial(study, trial._trial_id)
-        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-            continue  # another worker took it
-    return None
-
-
-class Heartbeat:
-    """Writes the time onto a RUNNING trial every `interval` s from a background thread."""
-
-    def __init__(self, study: optuna.Study, trial_id: int, interval: float):
-        self._storage, self._trial_id, self._interval = study._storage, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
-
-    def _beat(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._storage.set_trial_user_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
-            except Exception:  # a finished trial or a transient storage error: try again later
-                pass
-            self._stop.wait(self._interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def _superseded(study: optuna.Study, trial: optuna.Trial, key: str, identity: str) -> bool:
-    """Another trial of the same point and identity is complete, or running with a lower number.
-
-    Two workers can enqueue the same missing point at once; the lowest-numbered live
-    trial wins and the others stand down, so every point trains once."""
-    for other in study.get_trials(deepcopy=False):
-        if (other.number == trial.number or other.user_attrs.get(POINT_ATTR) != key
-                or other.user_attrs.get(IDENTITY_ATTR) != identity):
-            continue
-        if other.state == TrialState.COMPLETE:
-            return True
-        if other.state == TrialState.RUNNING and other.number < trial.number:
-            return True
-    return False
-
-
 class StudyRunner:
-    def __init__(self, spec: StudySpec, options: RunOptions):
+    def __init__(self, spec: StudySpec, options: RunOptions, announce: bool = True):
         self.spec, self.options = spec, options
+        resolve_device(options.device)  # a device this machine lacks is refused before anything is stored
         self.profile = spec.profile(options.profile)
         self.points = {p.key: p for p in spec.points(options.profile)}
         first = next(iter(self.points.values()))
         task_identity = preflight(spec, self.profile, self._config(first))
         self.configs = {key: self._config(point) for key, point in self.points.items()}
         self.identities = {key: identity_hash(config.to_dict(), task_identity) for key, config in self.configs.items()}
-        self.study = open_study(spec, options)
+        if options.storage is None:
+            ensure_writable(options.results)
+        self.choice = choose_storage(options.storage, options.results, options.workers)
+        if announce:
+            tqdm.write(f"{spec.name} [{options.profile}]: {self.choice.describe()}")
+        self.storage = open_storage(self.choice, options.heartbeat_s, options.grace_s)
+        self.study = open_study(spec, options, self.storage)
+        self.study_id = self.storage.get_study_id_from_name(self.study.study_name)
+        self.liveness = Liveness(self.choice, options.heartbeat_s, options.grace_s)
+
+    # --- what is where -------------------------------------------------------------------------
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False)
+
+    def retry_marks(self) -> dict[str, int]:
+        return self.storage.get_study_user_attrs(self.study_id).get(RETRY_ATTR, {})
 
     def states(self) -> dict[str, str]:
-        return point_states(self.study.get_trials(deepcopy=False), self.identities)
-
-    def missing(self) -> list[Point]:
-        states = self.states()
-        return [p for key, p in self.points.items() if states.get(key) in (None, "retry")]
+        return point_states(self.trials(), self.identities, self.retry_marks())
 
     def counts(self) -> dict[str, int]:
         states = self.states()
@@ -205,21 +127,26 @@ class StudyRunner:
             counts[states.get(key, "missing")] += 1
         return counts
 
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    # --- the worker loop ----------------------------------------------------------------------
+
     def run(self) -> dict[str, int]:
         """Train every missing point; returns the final point counts by state."""
+        if self.options.retry_failed:
+            self._mark_retries()
         bar = tqdm(total=len(self.points), desc=f"{self.spec.name} [{self.options.profile}]", unit="trial",
                    disable=not self.options.progress)
         waited = False
         while True:
-            fail_stale_trials(self.study, self.options.grace_s)
-            for point in self.missing():
-                self.study.enqueue_trial({}, user_attrs={
-                    POINT_ATTR: point.key, VALUES_ATTR: point_values(point), IDENTITY_ATTR: self.identities[point.key],
-                })
-            counts = self.counts()
+            for number in self.liveness.fail_dead(self.study, self.storage):
+                tqdm.write(f"trial {number}: its worker is gone; failed, its point will be retrained")
+            with exclusive(self.choice, self.storage, self.study.study_name):
+                counts = self._enqueue_missing()
             bar.n = counts["done"] + counts["failed"]
             bar.refresh()
-            trial = claim_waiting(self.study)
+            trial = self._claim()
             if trial is not None:
                 waited = False
                 self._run_trial(trial)
@@ -227,51 +154,133 @@ class StudyRunner:
             if counts["pending"] == 0:
                 break
             if not waited:
-                tqdm.write(f"waiting for {counts['pending']} trial(s) of other workers "
-                           f"(a silent one is retried after {self.options.grace_s:.0f} s)")
+                tqdm.write(f"waiting for {counts['pending']} trial(s) of other workers")
                 waited = True
-            time.sleep(min(self.options.heartbeat_s, 5.0))
+            time.sleep(min(self.options.heartbeat_s, 2.0))
         bar.close()
         return dict(self.counts())
 
+    def _enqueue_missing(self) -> dict[str, int]:
+        """Under the storage lock: one WAITING trial for every point without a live or finished one."""
+        states = self.states()
+        for key, point in self.points.items():
+            if states.get(key) in (None, "retry"):
+                self.study.enqueue_trial({}, user_attrs={
+                    POINT_ATTR: key, VALUES_ATTR: point_values(point), IDENTITY_ATTR: self.identities[key],
+                })
+                states[key] = "pending"
+        counts: dict[str, int] = defaultdict(int)
+        for key in self.points:
+            counts[states.get(key, "missing")] += 1
+        return counts
+
+    def _mark_retries(self) -> None:
+        """Failures so far no longer count for the points that failed for good."""
+        with exclusive(self.choice, self.storage, self.study.study_name):
+            failed = [key for key, state in self.states().items() if state == "failed"]
+            if failed:
+                marks = dict(self.retry_marks())
+                next_number = len(self.trials())
+                marks.update({key: next_number for key in failed})
+                self.study.set_user_attr(RETRY_ATTR, marks)
+                tqdm.write(f"retrying {len(failed)} failed point(s)")
+
+    def _claim(self) -> optuna.Trial | None:
+        """Move one WAITING trial of this study's current points to RUNNING for this worker."""
+        for trial in self.trials():
+            if trial.state != TrialState.WAITING:
+                continue
+            key = trial.user_attrs.get(POINT_ATTR)
+            if key not in self.points or trial.user_attrs.get(IDENTITY_ATTR) != self.identities[key]:
+                continue  # another spec's or budget's; left for the run that asks for it
+            try:
+                if self.storage.set_trial_state_values(self._trial_id(trial.number), TrialState.RUNNING):
+                    return optuna.trial.Trial(self.study, self._trial_id(trial.number))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker took it and finished it meanwhile
+        return None
+
+    # --- one trial ---------------------------------------------------------------------------
+
     def _run_trial(self, trial: optuna.Trial) -> None:
-        key = trial.user_attrs.get(POINT_ATTR)
-        identity = trial.user_attrs.get(IDENTITY_ATTR)
-        point = self.points.get(key)
-        if point is None or identity != self.identities.get(key) or _superseded(self.study, trial, key, identity):
-            trial.set_user_attr(FAILURE_ATTR, "superseded: this point is trained by another trial")
-            self.study.tell(trial, state=TrialState.PRUNED)
-            return
-        with Heartbeat(self.study, trial._trial_id, self.options.heartbeat_s):
+        key = trial.user_attrs[POINT_ATTR]
+        point = self.points[key]
+        trial_id = self._trial_id(trial.number)
+        with self.liveness.keep_alive(self.study, self.storage, trial_id):
             nuisance = self._tune_nuisance(point)
-            if nuisance:
-                trial.set_user_attr("nuisance", nuisance)
             config = self._config(point, nuisance)
-            trial.set_user_attr("config", config.to_dict())
             started = time.time()
-            checkpoint = self._checkpoint_path(key, identity)
+            checkpoint = self._checkpoint_path(key, self.identities[key])
+            attrs: dict[str, Any] = {"config": config.to_dict()}
+            if nuisance:
+                attrs["nuisance"] = nuisance
+            self._set_attrs(trial_id, attrs)
             if checkpoint.exists():
                 tqdm.write(f"resuming {key} from its last checkpoint")
             try:
                 outcome = TASKS[self.spec.kind](self.spec, self.profile, config, TrainHooks(checkpoint=checkpoint))
             except Diverged as error:
-                trial.set_user_attr(FAILURE_ATTR, f"diverged: {error}")
-                self.study.tell(trial, state=TrialState.FAIL)
+                self._fail(trial_id, key, f"diverged: {error}")
                 checkpoint.unlink(missing_ok=True)
-                tqdm.write(f"FAILED {key}: diverged: {error}")
                 return
-            except BaseException as error:  # recorded, then raised: a bug must stay visible
-                trial.set_user_attr(FAILURE_ATTR, f"error: {type(error).__name__}: {error}"[:500])
-                self.study.tell(trial, state=TrialState.FAIL)
+            except (torch.OutOfMemoryError, MemoryError) as error:
+                self._fail(trial_id, key, f"out of memory: {type(error).__name__}: {error}"[:500])
+                return
+            except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: no attempt used; the checkpoint stays
+                how = "SIGTERM" if isinstance(error, Interrupted) else "Ctrl-C"
+                self._fail(trial_id, key, f"interrupted: {how}")
                 raise
-            trial.set_user_attr("metrics", outcome.metrics)
-            if outcome.rows:
-                trial.set_user_attr("rows", json.dumps(outcome.rows))
-            trial.set_user_attr("wall_seconds", time.time() - started)
-        self.study.tell(trial, outcome.objective)
+            except BaseException as error:  # recorded, then raised: a bug must stay visible
+                self._fail(trial_id, key, f"error: {type(error).__name__}: {error}"[:500])
+                raise
+        self._complete(trial, trial_id, key, outcome, {"wall_seconds": time.time() - started})
         checkpoint.unlink(missing_ok=True)
-        tqdm.write(f"done {key}: test error {100 * outcome.metrics['test_error']:.2f}% "
-                   f"in {time.time() - started:.0f} s")
+
+    def _set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        for name, value in attrs.items():
+            self.storage.set_trial_user_attr(trial_id, name, value)
+
+    def _fail(self, trial_id: int, key: str, reason: str) -> None:
+        try:
+            self.storage.set_trial_user_attr(trial_id, FAILURE_ATTR, reason)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # already failed elsewhere
+        tqdm.write(f"FAILED {key}: {reason}")
+
+    def _complete(self, trial: optuna.Trial, trial_id: int, key: str, outcome: TaskOutcome,
+                  extra: dict[str, Any]) -> None:
+        """Record the result under the storage lock: on the trial while it is still ours; if another
+        worker failed it meanwhile (it judged this worker gone), as a new completed trial when the
+        point has none, else not at all. One line either way."""
+        attrs = {"metrics": outcome.metrics, **extra}
+        if outcome.rows:
+            attrs["rows"] = json.dumps(outcome.rows)
+        summary = f"test error {100 * outcome.metrics['test_error']:.2f}% in {extra['wall_seconds']:.0f} s"
+        with exclusive(self.choice, self.storage, self.study.study_name):
+            identity = self.identities[key]
+            completed = [t.number for t in self.trials() if t.state == TrialState.COMPLETE
+                         and t.user_attrs.get(POINT_ATTR) == key and t.user_attrs.get(IDENTITY_ATTR) == identity]
+            if completed:
+                self._fail(trial_id, key, f"superseded: the point was completed by trial {completed[0]}")
+                tqdm.write(f"discarded {key} (trial {trial.number}): the point was completed by trial "
+                           f"{completed[0]} meanwhile")
+                return
+            try:
+                self._set_attrs(trial_id, attrs)
+                self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [outcome.objective])
+                tqdm.write(f"done {key}: {summary}")
+                return
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker failed it (it judged this one gone): keep the result anyway
+            frozen = self.storage.get_trial(trial_id)
+            self.study.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE, value=outcome.objective,
+                user_attrs={**{k: v for k, v in frozen.user_attrs.items() if k != FAILURE_ATTR}, **attrs,
+                            "recovered_from_trial": trial.number},
+            ))
+            tqdm.write(f"kept {key}: {summary} (trial {trial.number} was failed by another worker meanwhile; "
+                       "its result is stored as a new completed trial)")
 
     def _checkpoint_path(self, key: str, identity: str):
         digest = hashlib.sha1(f"{key}|{identity}".encode()).hexdigest()[:16]
@@ -292,8 +301,8 @@ class StudyRunner:
         if not self.spec.nuisance or profile.nuisance_trials == 0:
             return {}
         tuning = optuna.create_study(
-            study_name=f"{self.study.study_name}.nuisance.{point.config_key}",
-            storage=self.study._storage, direction="maximize", load_if_exists=True,
+            study_name=f"{self.study.study_name}.nuisance.{point.config_key}.{self.identities[point.key]}",
+            storage=self.storage, direction="maximize", load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=0),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
         )

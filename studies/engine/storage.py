@@ -1,18 +1,23 @@
-"""Where studies are stored: SQLite by default, any Optuna storage URL otherwise.
+"""Where studies are stored, chosen explicitly and said aloud; never switched silently.
 
-- nothing given: `sqlite:///results/<profile>/studies.db` (embedded, nothing to start), or
-  the journal file `results/<profile>/studies.journal` when several workers run or when that
-  file already exists (so later runs and reports find the trials the workers stored);
-- `journal:<path>` (or a path ending in .journal): Optuna's JournalFileBackend, for several
-  processes on one machine;
-- any SQLAlchemy URL (`postgresql://...`, `mysql://...`, `sqlite:///...`): RDB storage,
-  PostgreSQL being the documented way for several machines.
+- `STORAGE=` / `--storage`: `journal:<path>` (or a path ending in .journal: Optuna's
+  JournalFileBackend, for several processes on one host), or a SQLAlchemy URL (`sqlite:///...` for
+  one worker; `postgresql://...` for workers on several machines).
+- nothing given: the profile's file under results/<profile>/ that already exists:
+  `studies.db` (SQLite) or `studies.journal`; when neither exists, SQLite for one worker and the
+  journal for several. Both existing is an error (which one holds the results?); several workers
+  on an existing SQLite file are refused with the `studies migrate` command that copies it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import importlib.util
 import os
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -20,6 +25,11 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class StorageError(ValueError):
+    """A storage that cannot be used as asked; the message says what to do instead."""
+SQLITE_NAME, JOURNAL_NAME = "studies.db", "studies.journal"
 
 
 def results_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
@@ -38,29 +48,138 @@ def ensure_writable(directory: Path) -> Path:
     return directory
 
 
-def default_url(directory: Path, workers: int = 1) -> str:
-    journal = directory / "studies.journal"
-    if workers > 1 or journal.exists():
-        return f"journal:{journal}"
-    return f"sqlite:///{directory / 'studies.db'}"
+@dataclass(frozen=True)
+class StorageChoice:
+    url: str
+    kind: str  # "sqlite", "journal" or "server"
+    path: Path | None  # the file of a sqlite or journal storage
+    reason: str  # why this one, as said at start
+
+    @property
+    def one_host(self) -> bool:
+        """File storages serve processes on one host: their liveness is a lease the host checks."""
+        return self.kind in ("sqlite", "journal")
+
+    def describe(self) -> str:
+        return f"storage: {redact(self.url)} ({self.reason})"
 
 
-def open_storage(url: str | None, directory: Path, workers: int = 1) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url` (None: the profile's default); fails in one line."""
-    url = url or default_url(ensure_writable(directory), workers)
+def parse_url(url: str, reason: str = "given") -> StorageChoice:
     if url.startswith("journal:") or url.endswith(".journal"):
         path = Path(url.removeprefix("journal:"))
-        ensure_writable(path.parent if str(path.parent) else Path("."))
-        return JournalStorage(JournalFileBackend(str(path)))
+        return StorageChoice(f"journal:{path}", "journal", path, reason)
     if "://" not in url:
-        raise ValueError(f"storage {url!r} is neither a database URL nor journal:<path>")
-    url = _with_driver(url)
+        raise StorageError(f"storage {url!r} is neither a database URL nor journal:<path>")
+    if url.startswith("sqlite://"):
+        path = url.removeprefix("sqlite:///")
+        return StorageChoice(url, "sqlite", Path(path) if path and path != ":memory:" else None, reason)
+    return StorageChoice(url, "server", None, reason)
+
+
+def choose_storage(url: str | None, directory: Path, workers: int = 1) -> StorageChoice:
+    """The storage for a run or report; ValueError (one line) where the choice would be a guess."""
+    if url:
+        choice = parse_url(url)
+        if workers > 1 and choice.kind == "sqlite":
+            raise StorageError("SQLite serves one worker at a time; for several workers use a journal:<path> or a "
+                             "postgresql:// storage (`python -m studies migrate` copies a SQLite study there)")
+        return choice
+    sqlite, journal = directory / SQLITE_NAME, directory / JOURNAL_NAME
+    if sqlite.exists() and journal.exists():
+        raise StorageError(f"both {sqlite} and {journal} exist; say which holds the results with "
+                         f"--storage sqlite:///{sqlite} or --storage journal:{journal} (STORAGE= in make)")
+    if journal.exists():
+        return StorageChoice(f"journal:{journal}", "journal", journal, "found")
+    if sqlite.exists():
+        if workers > 1:
+            raise StorageError(f"{sqlite} holds this profile's studies, and several workers need the journal: run "
+                             f"`python -m studies migrate --profile {directory.name}` first (it copies them to "
+                             f"{journal}), or run with one worker")
+        return StorageChoice(f"sqlite:///{sqlite}", "sqlite", sqlite, "found")
+    if workers > 1:
+        return StorageChoice(f"journal:{journal}", "journal", journal, f"new; journal for {workers} workers")
+    return StorageChoice(f"sqlite:///{sqlite}", "sqlite", sqlite, "new")
+
+
+def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
+                 grace_s: float | None = None) -> optuna.storages.BaseStorage:
+    """An Optuna storage; fails in one line. A server storage records heartbeats in the database's
+    own time when `heartbeat_s` is given (Optuna's RDB heartbeat), so no worker's clock matters."""
+    if isinstance(choice, str):
+        choice = parse_url(choice)
+    if choice.path is not None:
+        folder = choice.path.parent if str(choice.path.parent) else Path(".")
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise StorageError(f"cannot open storage {redact(choice.url)}: {folder} is not a writable directory")
+    if choice.kind == "journal":
+        return JournalStorage(JournalFileBackend(str(choice.path)))
+    url = _with_driver(choice.url)
+    heartbeat = {}
+    if choice.kind == "server" and heartbeat_s is not None:
+        interval = max(1, round(heartbeat_s))
+        heartbeat = {"heartbeat_interval": interval, "grace_period": max(interval + 1, round(grace_s or 6 * interval))}
     try:
         # RDBStorage connects and creates its tables here, so an unreachable server fails now.
-        return RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
     except Exception as error:  # SQLAlchemy raises many driver-specific types
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot open storage {_redact(url)}: {message}") from None
+        raise StorageError(f"cannot open storage {redact(url)}: {message}") from None
+
+
+@contextlib.contextmanager
+def exclusive(choice: StorageChoice, storage: optuna.storages.BaseStorage, name: str):
+    """Holds a lock named `name` across processes sharing the storage: a file lock beside a file
+    storage, a PostgreSQL advisory lock on a server. Checking which points are missing and
+    enqueuing them happen under it, so two workers never enqueue the same point."""
+    if choice.path is not None:
+        # Not `<name>.lock`: Optuna's journal backend owns that name for its own lock.
+        lock_path = choice.path.with_name(choice.path.name + ".enqueue-lock")
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    if choice.url.startswith("postgresql"):
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with storage.engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+        return
+    raise StorageError(f"several workers on {redact(choice.url)} are not supported; use journal:<path> or postgresql://")
+
+
+def migrate(source: StorageChoice, destination: StorageChoice) -> list[str]:
+    """Copy every study of `source` into `destination` (which must hold none of them), check the
+    trial counts, then move a source file aside (`<name>.migrated`) so the default choice is
+    unambiguous. Nothing is deleted."""
+    if source.url == destination.url:
+        raise StorageError("source and destination are the same storage")
+    names = optuna.get_all_study_names(open_storage(source))
+    if not names:
+        raise StorageError(f"{redact(source.url)} holds no studies")
+    target = open_storage(destination)
+    clash = sorted(set(names) & set(optuna.get_all_study_names(target)))
+    if clash:
+        raise StorageError(f"{redact(destination.url)} already holds {', '.join(clash)}; nothing copied")
+    for name in names:
+        optuna.copy_study(from_study_name=name, from_storage=open_storage(source), to_storage=target)
+        copied = len(optuna.load_study(study_name=name, storage=target).get_trials(deepcopy=False))
+        original = len(optuna.load_study(study_name=name, storage=open_storage(source)).get_trials(deepcopy=False))
+        if copied != original:
+            raise RuntimeError(f"migration of {name} copied {copied} of {original} trials; source left in place")
+    if source.path is not None:
+        source.path.rename(source.path.with_name(source.path.name + ".migrated"))
+    return names
 
 
 def _with_driver(url: str) -> str:
@@ -82,8 +201,8 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest and ":" in rest.split("@", 1)[0]:
         user = rest.split("@", 1)[0].split(":", 1)[0]

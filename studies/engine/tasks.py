@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from models.fields import ConfigError
 from studies.data import affnist, affnist_style, augment
 from studies.data.datasets import default_data_root
 from studies.spec.schema import AffnistSettings, Matching, RotationSettings
@@ -80,6 +81,8 @@ def train_metrics(result: TrainResult) -> dict[str, Any]:
         "test_images": result.test_images,
         "epochs": len(result.history),
         "device": result.device,
+        # Reductions split over threads add in another order with another count: stated with the numbers.
+        "threads": torch.get_num_threads(),
         "torch_version": result.torch_version,
         "history": result.history,
     }
@@ -123,7 +126,7 @@ def matched_training(settings: Matching, config: TrainConfig, hooks: TrainHooks,
     the model returned is the one at the match. The test split is evaluated by `train` after
     training stopped, never before the match."""
     if splits[1] is None:
-        raise ValueError("matching clean accuracy needs a validation split (val_size > 0)")
+        raise ConfigError("matching clean accuracy needs a validation split (val_size > 0)")
     matcher = MatchTarget(settings, splits[1], config)
     model = build_model(config)
     result = train(config, None, model, hooks.checkpoint, splits, check=matcher)

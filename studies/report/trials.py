@@ -9,7 +9,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from studies.engine.runner import FAILURE_ATTR, IDENTITY_ATTR, POINT_ATTR, VALUES_ATTR, RunOptions, StudyRunner
+from studies.engine.bookkeeping import IDENTITY_ATTR, POINT_ATTR, VALUES_ATTR, final_failures
+from studies.engine.runner import RunOptions, StudyRunner
 from studies.spec.study import StudySpec
 
 HIDDEN_METRICS = ("history", "robustness_details")
@@ -42,8 +43,8 @@ def file_stem(spec: StudySpec) -> str:
 
 
 def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
-    runner = StudyRunner(spec, options)
-    trials = runner.study.get_trials(deepcopy=False)
+    runner = StudyRunner(spec, options, announce=False)
+    trials = runner.trials()
     rows, superseded, outside = [], 0, 0
     for trial in trials:
         key = trial.user_attrs.get(POINT_ATTR)
@@ -76,14 +77,7 @@ def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
         frame = frame.sort_values("trial").drop_duplicates(subset="point", keep="first").reset_index(drop=True)
         if "routing_iters" in frame:  # missing for CNN rows; keep the column integer
             frame["routing_iters"] = frame["routing_iters"].astype("Int64")
-    states = runner.states()
-    failed = []
-    for key, state in states.items():
-        if state == "failed":
-            last = max((t for t in trials if t.user_attrs.get(POINT_ATTR) == key
-                        and t.user_attrs.get(IDENTITY_ATTR) == runner.identities[key]
-                        and t.state == TrialState.FAIL), key=lambda t: t.number)
-            failed.append({"point": key, "trial": last.number, "reason": last.user_attrs.get(FAILURE_ATTR, "exception")})
+    failed = final_failures(trials, runner.identities, runner.retry_marks())
     scientific = []
     for arm in spec.arms:
         scientific += [name for name in spec.scientific_names(arm.model) if name not in scientific]
@@ -109,7 +103,8 @@ def budget_lines(trials: StudyTrials) -> list[str]:
         f"seeds {_values(frame, 'seed')} (n = {frame['seed'].nunique() if len(frame) else 0} per row), "
         f"test images {_values(frame, 'test_images')}",
         f"- fixed by the profile: {recipe or 'nothing'}; learning rate {_values(frame, 'learning_rate')}",
-        f"- device {_values(frame, 'device')}, dtype {_values(frame, 'dtype')}, torch {_values(frame, 'torch_version')}; "
+        f"- device {_values(frame, 'device')}, dtype {_values(frame, 'dtype')}, threads {_values(frame, 'threads')}, "
+        f"torch {_values(frame, 'torch_version')}; "
         f"{len(frame)} completed trials, {wall / 60:.1f} min of trial time "
         f"({span / 60:.1f} min wall clock, first start to last finish)",
     ]

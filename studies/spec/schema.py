@@ -115,8 +115,14 @@ class ProfileTable(BaseModel):
         return self
 
 
+ModuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]
+
+
 class SpecFile(Strict):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    # Python modules imported before the arms are read, e.g. one that registers the user's own
+    # model with `models.register` (found beside the spec file or on the Python path).
+    imports: list[ModuleName] = []
     title: str | None = None
     kind: Kind = "accuracy"
     dataset: Dataset = "mnist"

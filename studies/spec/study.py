@@ -14,7 +14,9 @@ reach the same configuration give the same point, trained once.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +34,11 @@ from studies.training.devices import bf16_supported, resolve_device
 SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
 STUDY_KINDS = tuple(schema.KIND_SETTINGS)
 # Training parameters a study may set; the others belong to the engine (which model, seed, data
-# location, device, progress bars).
+# location, device, progress bars) or to how a run executes (compilation, determinism).
 TRAIN_KEYS = tuple(
     f.name for f in dataclasses.fields(TrainConfig)
-    if f.name not in {"model", "model_options", "seed", "dataset", "data_root", "progress", "device"}
+    if f.name not in {"model", "model_options", "seed", "dataset", "data_root", "progress", "device", "compile",
+                      "deterministic"}
 )
 # A profile may ask for bf16 wherever the device has it (CUDA, or a CPU with AMX or AVX512-BF16).
 BF16_AUTO = "auto"
@@ -200,6 +203,7 @@ def parse_spec(data: dict, source: str) -> StudySpec:
     file and the key of the first problem."""
     try:
         table = schema.SpecFile.model_validate(data)
+        _import_user_modules(table.imports, source)
         settings = schema.kind_settings(table.kind, schema._tuples(table.settings))
         profiles = {name: _profile(name, t, table) for name, t in table.profiles.items()}
     except ValidationError as error:
@@ -231,6 +235,24 @@ def parse_spec(data: dict, source: str) -> StudySpec:
     if spec.kind != "throughput":
         checker.configs(spec)
     return spec
+
+
+def _import_user_modules(names: list[str], source: str) -> None:
+    """Import the spec's `imports`, looking beside the spec file first: how a user adds a model
+    (a module that calls `models.register`) without editing the suite."""
+    folder = str(Path(source).resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception as error:  # the user's module: say what went wrong in one line
+                raise SpecError(f"{source}: imports: cannot import {name!r}: {type(error).__name__}: {error}") from None
+    finally:
+        if added:
+            sys.path.remove(folder)
 
 
 def _profile(name: str, table: schema.ProfileTable, spec: schema.SpecFile) -> Profile:

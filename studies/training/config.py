@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
+import torch
 from annotated_types import Ge, Gt, Interval
 from pydantic import AfterValidator
 
@@ -20,7 +21,17 @@ def _known_augmentation(name: str) -> str:
     return name
 
 
+def _device_name(name: str) -> str:
+    if name != "auto":
+        try:
+            torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"not a device name (auto, cpu, cuda, cuda:1, ...): {name!r}") from None
+    return name
+
+
 Dataset = Literal[tuple(DATASETS)]
+Device = Annotated[str, AfterValidator(_device_name)]
 Augmentation = Annotated[str, AfterValidator(_known_augmentation)]
 Count = Annotated[int, Ge(1)]
 
@@ -50,10 +61,19 @@ class TrainConfig:
     lr_decay: Annotated[float, Interval(gt=0, le=1)] = 0.96
     lr_decay_steps: Count = 2000
     seed: Annotated[int, Ge(0)] = 0
-    device: str = "auto"
+    device: Device = "auto"
     # bf16 autocast: on CUDA, or on a CPU with AMX or AVX512-BF16 (refused on other CPUs, where
     # bf16 is emulated and slower). Routing and the capsule lengths stay float32.
     bf16: bool = False
+    # torch.compile of the model and loss for the training step (evaluation runs the module as it
+    # is): "auto" compiles on CUDA, where a step is short enough for kernel launches to matter
+    # (`make gpu-check` times it), not on the CPU, where it gained about 8% for a CapsNet step
+    # after about 25 s of compiling (REFERENCES.md 5); "on" and "off" decide it everywhere.
+    compile: Literal["auto", "on", "off"] = "auto"
+    # Deterministic algorithms: torch.use_deterministic_algorithms and, on CUDA, cuDNN's
+    # deterministic kernels instead of the fastest ones it finds by timing (cudnn.benchmark), so
+    # the same run gives the same bits on the same GPU. The CPU path is deterministic anyway.
+    deterministic: bool = False
     eval_batch_size: Count = 500
     data_root: str | None = None
     progress: bool = True

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
+
+from models.fields import ConfigError
 
 # CPU flags (Linux /proc/cpuinfo names) whose bf16 matrix instructions make CPU autocast pay:
 # AMX tiles first (a bf16 matmul about 6x float32 on this project's machines), then AVX512-BF16.
@@ -15,9 +18,12 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
     return device
 
 
@@ -46,12 +52,12 @@ def bf16_supported(device: torch.device) -> bool:
 def check_bf16(device: torch.device) -> None:
     """Refuse bf16 autocast, in one line, where it would only emulate bf16 slowly."""
     if device.type == "cpu" and cpu_bf16_isa() is None:
-        raise ValueError(
+        raise ConfigError(
             "bf16 needs a CPU with AMX or AVX512-BF16 (neither amx_bf16 nor avx512_bf16 is in "
             "/proc/cpuinfo here); run in float32 (without --bf16 / bf16 = false)"
         )
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"bf16 autocast is supported on cpu and cuda, not {device.type}")
+        raise ConfigError(f"bf16 autocast is supported on cpu and cuda, not {device.type}")
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -70,3 +76,36 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
+
+
+def compiles(device: torch.device, setting: str) -> bool:
+    """Whether a training step compiles, for TrainConfig.compile ("auto": on CUDA only)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def set_algorithms(device: torch.device, deterministic: bool) -> tuple:
+    """Set the process-wide algorithm choices of `algorithm_settings`; return the previous ones."""
+    previous = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+                torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
+    return previous
+
+
+@contextlib.contextmanager
+def algorithm_settings(device: torch.device, deterministic: bool):
+    """The process-wide algorithm choices of one training run, restored afterwards.
+
+    Deterministic: torch.use_deterministic_algorithms, cuDNN's deterministic kernels, and the fixed
+    cuBLAS workspace that makes cuBLAS deterministic (checked when an operation runs, so set here).
+    Otherwise, on CUDA, cuDNN's benchmark mode: for every new input shape it times the candidate
+    convolution algorithms once and keeps the fastest (training uses one or two shapes)."""
+    previous = set_algorithms(device, deterministic)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[:2]
+        torch.use_deterministic_algorithms(previous[2], warn_only=previous[3])

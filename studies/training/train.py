@@ -12,11 +12,20 @@ import torch
 from tqdm.auto import tqdm
 
 import models
+from models.fields import ConfigError
 from studies.data import datasets
 from studies.data.augment import parse_augmentation
 from studies.data.expanded import expanded_test_set, place_on_canvas
 from studies.training.config import TrainConfig
-from studies.training.devices import autocast, check_bf16, device_name, resolve_device, synchronize
+from studies.training.devices import (
+    algorithm_settings,
+    autocast,
+    check_bf16,
+    compiles,
+    device_name,
+    resolve_device,
+    synchronize,
+)
 from studies.training.optimizer import adam
 
 # The expanded validation/test sets are the same for every trial, whatever its seed.
@@ -78,11 +87,11 @@ def load_splits(config: TrainConfig, device: torch.device) -> tuple[Split, Split
     available = total - config.val_size
     train_size = config.train_size or available
     if train_size > available:
-        raise ValueError(
+        raise ConfigError(
             f"train_size {train_size} + val_size {config.val_size} exceed the {total} training images"
         )
     if config.test_size and config.test_size > test_labels.shape[0]:
-        raise ValueError(f"test_size {config.test_size} exceeds the {test_labels.shape[0]} test images")
+        raise ConfigError(f"test_size {config.test_size} exceeds the {test_labels.shape[0]} test images")
 
     def split(images, labels, part: slice, expand: bool = False) -> Split:
         images = images[part]
@@ -130,8 +139,8 @@ def evaluate(
 
 
 EpochCallback = Callable[[dict[str, float], torch.nn.Module], None]
-# What must match for a checkpoint to be resumed (not where or how verbosely it runs).
-RUN_INDEPENDENT = ("device", "data_root", "progress")
+# What must match for a checkpoint to be resumed (not where, how fast or how verbosely it runs).
+RUN_INDEPENDENT = ("device", "data_root", "progress", "compile", "deterministic")
 
 
 def _run_identity(config: TrainConfig) -> dict:
@@ -196,6 +205,19 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
+StepForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _scores_and_loss(model: torch.nn.Module) -> StepForward:
+    """The training step's forward: class scores and the loss to minimise."""
+
+    def scores_and_loss(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = model(images, labels)
+        return output.scores, model.loss(output, images, labels).total
+
+    return scores_and_loss
+
+
 def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int, loss_sum: torch.Tensor) -> None:
     step = int(first_bad_step.item())
     if step >= 0:
@@ -220,12 +242,23 @@ def train(
     device = resolve_device(config.device)
     if config.bf16:
         check_bf16(device)
+    with algorithm_settings(device, config.deterministic):
+        return _train(config, device, on_epoch, model, checkpoint, splits, check)
+
+
+def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | None, model: torch.nn.Module | None,
+           checkpoint: Path | None, splits: tuple[Split, Split | None, Split] | None,
+           check: StepCheck | None) -> TrainResult:
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     train_split, val_split, test_split = splits or load_splits(config, device)
     if model is None:
         model = build_model(config)
     model.to(device).train()
+    step_loss = _scores_and_loss(model)
+    # Compiled as a function that calls the module, so the module itself (its state dict, what
+    # callbacks and evaluation see) stays as it is. Static shapes: one graph for the batch size.
+    compiled_step_loss = torch.compile(step_loss, dynamic=False) if compiles(device, config.compile) else step_loss
     augment = parse_augmentation(config.augmentation)
     optimizer = adam(model.parameters(), config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -273,8 +306,10 @@ def train(
             if augment is not None:
                 images = augment(images, generator)
             with autocast(device, config.bf16):
-                output = model(images, labels)
-                loss = model.loss(output, images, labels).total
+                # An epoch's last, smaller batch runs eagerly: a graph for its shape would cost a
+                # second compilation for one step per epoch.
+                forward = compiled_step_loss if labels.shape[0] == config.batch_size else step_loss
+                scores, loss = forward(images, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -282,7 +317,7 @@ def train(
             detached = loss.detach()
             bad = ~torch.isfinite(detached) & (first_bad_step < 0)
             first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
-            hits = (output.scores.detach().argmax(dim=1) == labels).sum()
+            hits = (scores.detach().argmax(dim=1) == labels).sum()
             loss_sum += detached * labels.shape[0]
             correct += hits
             interval_correct += hits

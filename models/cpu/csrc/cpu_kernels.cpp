@@ -1,5 +1,4 @@
-// The project's CPU kernels, one extension module (models/cpu_kernels.py builds and loads it).
-#include "dft_layouts.h"
+// The project's CPU kernels, one extension module (models/cpu/kernels.py builds and loads it).
 #include "routing_sweeps.h"
 
 // The kernels touch no Python object: other Python threads may run meanwhile, as with ATen ops.
@@ -10,6 +9,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward_sweep", &capsbench::backward_sweep, "the backward of one routing iteration", no_gil);
   m.def("votes_grad_rows", &capsbench::votes_grad_rows, "rows of the gradient of u_hat from its rank-one factors",
         no_gil);
-  m.def("split_phases", &capsbench::split_phases, "the four stride-2 phases of square images", no_gil);
-  m.def("merge_phases", &capsbench::merge_phases, "square images from their four stride-2 phases", no_gil);
 }

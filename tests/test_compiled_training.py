@@ -1,0 +1,91 @@
+"""The training step under torch.compile and the per-run algorithm settings (studies/training).
+
+On synthetic splits, so no data files are needed; a tiny CNN keeps inductor's build short. CUDA
+variants are in tests/test_cuda.py."""
+import pytest
+import torch
+
+from studies.training.config import TrainConfig
+from studies.training.devices import algorithm_settings, compiles
+from studies.training.train import Split, train
+
+TINY_CNN = {"conv_channels": (4, 4, 4), "fc_features": (8,)}
+
+
+def synthetic_splits(train_size: int = 40, test_size: int = 20) -> tuple[Split, None, Split]:
+    generator = torch.Generator().manual_seed(0)
+
+    def split(size):
+        images = torch.randint(0, 256, (size, 1, 28, 28), dtype=torch.uint8, generator=generator)
+        return Split(images, torch.randint(0, 10, (size,), generator=generator))
+
+    return split(train_size), None, split(test_size)
+
+
+def tiny(**overrides) -> TrainConfig:
+    # 40 images in batches of 16: two full batches (compiled) and a last one of 8 (eager)
+    base = dict(model="cnn_pool", model_options=TINY_CNN, epochs=2, batch_size=16, device="cpu", progress=False)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_compile_auto_means_cuda_only():
+    assert compiles(torch.device("cuda"), "auto") and not compiles(torch.device("cpu"), "auto")
+    assert compiles(torch.device("cpu"), "on") and not compiles(torch.device("cuda"), "off")
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="yes")
+    with pytest.raises(ValueError, match="deterministic"):
+        TrainConfig(deterministic="true")
+
+
+def test_a_compiled_run_trains_checkpoints_plain_names_and_resumes_to_the_same_result(tmp_path):
+    splits = synthetic_splits()
+    config = tiny(compile="on")
+    seen = []
+    straight = train(config, splits=splits, on_epoch=lambda record, model: seen.append(model))
+    assert straight.history[1]["train_loss"] < straight.history[0]["train_loss"]
+    # callbacks get the module itself, not a compiled wrapper
+    assert all(type(model).__name__ == "BaselineCNN" for model in seen)
+
+    checkpoint = tmp_path / "run.pt"
+
+    def crash_in_epoch_2(record, model):
+        if record["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, splits=splits, on_epoch=crash_in_epoch_2, checkpoint=checkpoint)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["model"].keys() == seen[0].state_dict().keys()
+    assert not any("_orig_mod" in key for key in state["model"])
+    resumed = train(config, splits=splits, checkpoint=checkpoint)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    assert resumed.test_accuracy == straight.test_accuracy
+
+
+def test_compiled_and_eager_steps_train_alike():
+    splits = synthetic_splits()
+    eager = train(tiny(compile="off", epochs=1), splits=splits)
+    compiled = train(tiny(compile="on", epochs=1), splits=splits)
+    # Fused kernels round differently; dropout draws differ between inductor and eager, so the
+    # losses agree loosely (they are about ln 10 here, from random labels).
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=0.05)
+
+
+def test_algorithm_settings_apply_for_the_run_and_are_restored():
+    before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    with algorithm_settings(torch.device("cpu"), deterministic=True):
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark
+    assert (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+    with algorithm_settings(torch.device("cuda"), deterministic=False):
+        assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    assert (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_a_deterministic_run_on_the_cpu_equals_a_default_one():
+    splits = synthetic_splits()
+    default = train(tiny(epochs=1), splits=splits)
+    deterministic = train(tiny(epochs=1, deterministic=True), splits=splits)
+    assert deterministic.history[0]["train_loss"] == default.history[0]["train_loss"]
+    assert not torch.are_deterministic_algorithms_enabled()
