@@ -37,8 +37,11 @@ system-packages:
 data: $(INSTALLED) system-packages
 	$(BIN)/python -m studies data
 
+# Two pytest processes (pytest-xdist), one thread each, a test file per process at a time (a
+# file's fixtures stay in one process); PYTEST_WORKERS=0 runs the suite in this process.
+PYTEST_WORKERS ?= 2
 test: data
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # STUDY= one study (default: all built-in), DATASET= override the spec's dataset,
 # STORAGE= an Optuna storage URL or journal:<path> (default: SQLite under results/<profile>).

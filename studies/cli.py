@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 
 import models
 from models.capsnet import CapsNetConfig
 from models.fields import ConfigError
 from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
-from studies.engine.runner import Interrupted, RunOptions
+from studies.engine.runner import RunOptions
 from studies.spec.schema import PROFILES
+from studies.training import stop
 from studies.training.config import TrainConfig
 
 EXIT_INTERRUPTED = 130
@@ -308,10 +308,6 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def _terminate(signum, frame):
-    raise Interrupted()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -322,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(os.environ["CAPSBENCH_THREADS"]))
     from studies.errors import USER_ERRORS
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = stop.install()
     try:
         args.run(args)
     except USER_ERRORS as error:
@@ -333,5 +329,5 @@ def main(argv: list[str] | None = None) -> int:
               "checkpoint and used up no attempt)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        stop.restore(previous)
     return 0

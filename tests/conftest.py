@@ -8,11 +8,19 @@ import os
 import subprocess
 
 import pytest
+import torch
 
 from bench.__main__ import main as bench_main
 from studies.cli import main as studies_main
 
 PROGRAMS = {"studies": studies_main, "bench": bench_main}
+
+# `make test` runs the suite in two processes (pytest-xdist), one per core: each trains with one
+# thread, and so do the command lines it starts, rather than four threads fighting over two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["CAPSBENCH_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """The routing comparison's worker processes and their warm-up rule (bench/comparison.py)."""
-import gc
 import time
 
 import pytest
 import torch
 
+from bench import comparison
 from bench.comparison import COMPARED, REFERENCE_A, REFERENCE_C, Lockstep, build_compared, settle
 from bench.options import BenchOptions
 
@@ -16,37 +16,46 @@ def _options(**changes):
 
 
 class _GrowingStep:
-    """Keeps `grow_for` blocks of 40 MB alive, one more per step, then allocates nothing. Above
-    glibc's 32 MB mmap ceiling, so each is fresh memory even where earlier tests left the heap
-    with free space."""
+    """A step whose process grows by 1 MB per call for `grow_for` calls, then stays: the resident
+    size settle() reads is scripted (a real test process's size also moves with what other tests
+    freed), and the reading itself is checked on its own below."""
 
     def __init__(self, grow_for: int):
-        self.grow_for, self.kept, self.calls = grow_for, [], 0
+        self.grow_for, self.calls = grow_for, 0
 
     def __call__(self):
         self.calls += 1
-        if len(self.kept) < self.grow_for:
-            self.kept.append(torch.ones(10 << 20))  # touched
+
+    def resident_bytes(self) -> int:
+        return (100 + min(self.calls, self.grow_for)) << 20
 
 
-def test_settle_waits_until_memory_stops_growing():
-    # Garbage of earlier tests freed by the collector while the blocks grow would shrink the
-    # resident set (glibc gives freed memory back) and hide the growth: free it first.
-    gc.collect()
-    gc.disable()
-    try:
-        step = _GrowingStep(grow_for=6)
-        steps = settle(step, CPU, min_seconds=0.0, max_seconds=60.0, max_steps=100, quiet_steps=4)
-    finally:
-        gc.enable()
+@pytest.fixture
+def growing(monkeypatch):
+    def make(grow_for: int) -> _GrowingStep:
+        step = _GrowingStep(grow_for)
+        monkeypatch.setattr(comparison, "_resident_bytes", step.resident_bytes)
+        return step
+    return make
+
+
+def test_settle_waits_until_memory_stops_growing(growing):
+    steps = settle(growing(6), CPU, min_seconds=0.0, max_seconds=60.0, max_steps=100, quiet_steps=4)
     assert steps == (6 + 4, True)  # six growing steps, then four quiet ones
 
 
-def test_settle_keeps_going_for_the_minimum_time_and_stops_at_the_caps():
+def test_the_resident_size_grows_with_touched_memory():
+    before = comparison._resident_bytes()
+    block = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB, touched
+    assert comparison._resident_bytes() - before >= 48 << 20
+    del block
+
+
+def test_settle_keeps_going_for_the_minimum_time_and_stops_at_the_caps(growing):
     started = time.perf_counter()
     steps, settled = settle(lambda: time.sleep(0.01), CPU, min_seconds=0.3, max_seconds=60.0, max_steps=1000)
     assert time.perf_counter() - started >= 0.3 and steps >= 20 and settled
-    assert settle(_GrowingStep(grow_for=50), CPU, min_seconds=0.0, max_seconds=60.0, max_steps=7) == (7, False)
+    assert settle(growing(50), CPU, min_seconds=0.0, max_seconds=60.0, max_steps=7) == (7, False)
     steps, settled = settle(lambda: time.sleep(0.05), CPU, min_seconds=100.0, max_seconds=0.2, max_steps=1000)
     assert steps <= 6 and not settled
 

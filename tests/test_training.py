@@ -70,3 +70,20 @@ def test_models_are_initialised_from_the_configured_seed():
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
     assert not torch.equal(next(first.parameters()), next(other.parameters()))
 
+
+
+def test_a_signal_whose_exception_was_swallowed_still_stops_training_at_the_next_step():
+    """A signal landing in a finalizer has its exception ignored by Python; the request it left
+    stops the loop anyway."""
+    from studies.training import stop
+
+    try:
+        stop._on_sigterm(None, None)
+    except stop.Interrupted:
+        pass  # what Python does with it inside a finalizer
+    try:
+        with pytest.raises(stop.Interrupted):
+            train(small("cnn_pool", epochs=1, train_size=64))
+    finally:
+        stop.clear()
+    assert train(small("cnn_pool", epochs=1, train_size=64)).train_images == 64

@@ -44,7 +44,9 @@ from studies.engine.storage import choose_storage, ensure_writable, exclusive, o
 from studies.engine.tasks import TASKS, TaskOutcome, TrainHooks, preflight
 from studies.spec.schema import PROFILES
 from studies.spec.study import Point, StudySpec
+from studies.training import stop
 from studies.training.devices import resolve_device
+from studies.training.stop import Interrupted  # noqa: F401  (re-exported: the engine's interrupt)
 from studies.training.train import Diverged, train
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -72,10 +74,6 @@ class RunOptions:
     @property
     def results(self):
         return results_dir(self.profile, self.results_root)
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so a trial can record that it was interrupted."""
 
 
 def open_study(spec: StudySpec, options: RunOptions, storage) -> optuna.Study:
@@ -229,6 +227,7 @@ class StudyRunner:
             except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: no attempt used; the checkpoint stays
                 how = "SIGTERM" if isinstance(error, Interrupted) else "Ctrl-C"
                 self._fail(trial_id, key, f"interrupted: {how}")
+                stop.clear()
                 raise
             except BaseException as error:  # recorded, then raised: a bug must stay visible
                 self._fail(trial_id, key, f"error: {type(error).__name__}: {error}"[:500])

@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,14 +119,29 @@ def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
     if choice.kind == "server" and heartbeat_s is not None:
         interval = max(1, round(heartbeat_s))
         heartbeat = {"heartbeat_interval": interval, "grace_period": max(interval + 1, round(grace_s or 6 * interval))}
-    try:
-        # RDBStorage connects and creates its tables here, so an unreachable server fails now.
-        with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
-    except Exception as error:  # SQLAlchemy raises many driver-specific types
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise StorageError(f"cannot open storage {redact(url)}: {message}") from None
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            # RDBStorage connects and creates its tables here, so an unreachable server fails now.
+            with warnings.catch_warnings():  # the heartbeat arguments are marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **heartbeat)
+        except Exception as error:  # SQLAlchemy raises many driver-specific types
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            # Two processes opening a new database at once both create its tables; the loser's
+            # "already exists" means the schema is now there, so opening again succeeds.
+            if _lost_schema_race(message) and attempt + 1 < SCHEMA_RACE_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise StorageError(f"cannot open storage {redact(url)}: {message}") from None
+
+
+SCHEMA_RACE_ATTEMPTS = 8
+# What SQLite, PostgreSQL and Alembic's version table say when another process created the schema first.
+SCHEMA_RACE_SIGNS = ("already exists", "duplicate key", "UNIQUE constraint failed", "database is locked")
+
+
+def _lost_schema_race(message: str) -> bool:
+    return any(sign in message for sign in SCHEMA_RACE_SIGNS)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import pandas as pd
 
 import models
 from studies.report import stats
-from studies.report.figures import save_figure, write_latex
+from studies.report.figures import markdown, save_figure, write_latex
 from studies.spec.study import StudySpec
 
 REFERENCE_MODEL = "capsnet"
@@ -105,18 +105,20 @@ def factor_effects(frame: pd.DataFrame, spec: StudySpec, scientific: list[str], 
     return rows
 
 
-def model_effects(frame: pd.DataFrame, scientific: list[str], metric: Metric) -> list[dict]:
-    """CapsNet minus every other model, at CapsNet's default configuration where the grid has it."""
-    if REFERENCE_MODEL not in set(frame["model"]):
+def model_effects(frame: pd.DataFrame, scientific: list[str], metric: Metric,
+                  reference: str = REFERENCE_MODEL) -> list[dict]:
+    """`reference` (CapsNet) minus every other model, at its default configuration where the grid
+    has it."""
+    if reference not in set(frame["model"]):
         return []
-    ours = frame[frame["model"] == REFERENCE_MODEL]
-    defaults = models.make_config(REFERENCE_MODEL)
-    own = [c for c in scientific if c in models.option_names(REFERENCE_MODEL) and ours[c].nunique(dropna=True) > 0]
+    ours = frame[frame["model"] == reference]
+    defaults = models.make_config(reference)
+    own = [c for c in scientific if c in models.option_names(reference) and ours[c].nunique(dropna=True) > 0]
     chosen = {c: getattr(defaults, c) for c in own if (ours[c] == getattr(defaults, c)).any()}
     for column, value in chosen.items():
         ours = ours[ours[column] == value]
     rows = []
-    for other, theirs in frame[frame["model"] != REFERENCE_MODEL].groupby("model", sort=False):
+    for other, theirs in frame[frame["model"] != reference].groupby("model", sort=False):
         shared = [c for c in scientific if c in theirs and theirs[c].notna().any() and c not in own]
         groups = [((), theirs)] if not shared else list(theirs.groupby(shared, dropna=False))
         for key, group in groups:
@@ -125,7 +127,7 @@ def model_effects(frame: pd.DataFrame, scientific: list[str], metric: Metric) ->
             mine = ours
             for column, value in values.items():
                 mine = mine[mine[column] == value]
-            label = f"{REFERENCE_MODEL}" + (f" ({_describe(chosen)})" if chosen else "") + f" − {other}"
+            label = f"{reference}" + (f" ({_describe(chosen)})" if chosen else "") + f" − {other}"
             row = _row(metric, label, _describe(values), _by_seed(group, metric), _by_seed(mine, metric))
             if row is not None and len(mine):
                 rows.append(row)
@@ -216,7 +218,7 @@ def write_effects(effects: pd.DataFrame, out: Path, stem: str, caption: str) -> 
              out / f"{stem}-effects.png"]
     effects[COLUMNS].to_csv(files[0], index=False)
     table = display_table(effects)
-    files[1].write_text(table.to_markdown(index=False, disable_numparse=True) + "\n")
+    files[1].write_text(markdown(table) + "\n")
     write_latex(table, files[2], caption)
     if len(effects):
         effects_figure(effects.reset_index(drop=True), files[3], caption)

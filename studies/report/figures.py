@@ -20,3 +20,8 @@ def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pipe table of already formatted cells (no re-parsing of numbers that were rounded on purpose)."""
+    return table.to_markdown(index=False, disable_numparse=True)

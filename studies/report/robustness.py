@@ -17,7 +17,7 @@ import seaborn as sns
 from studies.report import effects as fx
 from studies.report import stats
 from studies.report.accuracy import standard_hint
-from studies.report.figures import save_figure, write_latex
+from studies.report.figures import markdown, save_figure, write_latex
 from studies.report.findings import affnist_findings, rotation_findings
 from studies.report.paper import AFFNIST_ACCURACY
 from studies.report.section import Section, empty_section, left_out_lines
@@ -102,7 +102,7 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
     files = [out / f"{stem}.csv", out / f"{stem}-trials.csv", out / f"{stem}-table.md", out / f"{stem}-table.tex"]
     table.to_csv(files[0], index=False)
     frame.to_csv(files[1], index=False)
-    files[2].write_text(table.to_markdown(index=False, disable_numparse=True) + "\n")
+    files[2].write_text(markdown(table) + "\n")
     write_latex(table, files[3], f"{spec.title} ({options.profile} profile); mean and 95\\% t interval over "
                                  "the seeds that reached the target.")
     files += fx.write_effects(effects, out, stem, f"{spec.title}: CapsNet minus CNN at matched clean accuracy "
@@ -111,7 +111,7 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
     details = json.dumps(first.user_attrs["metrics"]["robustness_details"])
     lines = [*budget_lines(trials), *left_out_lines(trials), *matching_lines(trials, matched),
              f"- robustness test set: **{', '.join(set_names)}** ({details})", "",
-             table.to_markdown(index=False, disable_numparse=True), "",
+             markdown(table), "",
              "Each model is trained on expanded MNIST until its accuracy on a validation split held out from the "
              "training images reaches the target, checked every few training steps; that model is then tested on "
              "the clean expanded-MNIST test set and on the robustness set. The paper early-stopped on its test "
@@ -123,7 +123,7 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
         lines += ["The robustness set here is generated, not the official affNIST: its numbers are not "
                   "comparable with the paper's affNIST results.", ""]
     lines += ["### CapsNet minus CNN at matched clean accuracy", "",
-              fx.display_table(effects).to_markdown(index=False, disable_numparse=True), "", fx.EXPLANATION, ""]
+              markdown(fx.display_table(effects)), "", fx.EXPLANATION, ""]
     unresolved = fx.unresolved_sentences(effects, standard_hint(trials))
     if unresolved:
         lines += ["Not resolved at this budget:", "", *unresolved, ""]
@@ -229,21 +229,21 @@ def rotation_section(trials: StudyTrials, out: Path) -> Section:
         summary = sweep_summary(frame, sweep, transform, marks)
         summaries[transform] = summary
         md, tex, png = (out / f"{stem}-{transform}.md", out / f"{stem}-{transform}.tex", out / f"{stem}-{transform}.png")
-        md.write_text(summary.to_markdown(index=False, disable_numparse=True) + "\n")
+        md.write_text(markdown(summary) + "\n")
         write_latex(summary, tex, f"Accuracy under test-time {transform} ({options.profile} profile); mean ± sd "
                                   "over seeds, AUC with its 95\\% t interval.")
         sweep_figure(sweep, transform, png, xlabel, f"{spec.dataset}: accuracy vs {transform}, profile {options.profile}")
         files += [md, tex, png]
         amounts = ", ".join(f"{a:g}" for a in sorted(sweep[sweep["transform"] == transform]["amount"].unique()))
         lines += [f"### {transform.capitalize()}", "", f"Amounts ({unit}): {amounts}.", "",
-                  summary.to_markdown(index=False, disable_numparse=True), "",
+                  markdown(summary), "",
                   "Accuracy averaged over +a and -a, mean ± sd over seeds; the clean test accuracy is the sweep's 0 "
                   "point; AUC is each seed's mean accuracy over the whole sweep (trapezoid rule), with the 95% t "
                   "interval over seeds.", "", f"![{transform} sweep]({png.name})", ""]
     files += fx.write_effects(effects, out, stem, f"{spec.title}: CapsNet minus CNN at matched clean accuracy "
                                                   f"({options.profile} profile)")
     lines += ["### CapsNet minus CNN at matched clean accuracy", "",
-              fx.display_table(effects).to_markdown(index=False, disable_numparse=True), "", fx.EXPLANATION, ""]
+              markdown(fx.display_table(effects)), "", fx.EXPLANATION, ""]
     unresolved = fx.unresolved_sentences(effects, standard_hint(trials))
     if unresolved:
         lines += ["Not resolved at this budget:", "", *unresolved, ""]

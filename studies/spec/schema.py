@@ -65,10 +65,21 @@ class RotationSettings(Matching):
     shifts: Annotated[tuple[Annotated[int, Interval(ge=-27, le=27)], ...], MinLen(1)] = tuple(range(-6, 7, 2))
 
 
+class MultiMNISTSettings(Strict):
+    # Generated pairs per source digit (the paper: 1000, i.e. 60M training images); the profile's
+    # train_size / test_size limit how many source digits of each split are used.
+    train_pairs_per_digit: Count = 10
+    test_pairs_per_digit: Count = 1
+    generator_seed: Annotated[int, Ge(0)] = 0
+    # Test pairs whose reconstructions the report draws (the paper's Figure 5).
+    figure_pairs: Annotated[int, Interval(ge=0, le=16)] = 4
+
+
 KIND_SETTINGS: dict[str, type[Strict]] = {
     "accuracy": NoSettings,
     "affnist": AffnistSettings,
     "rotation": RotationSettings,
+    "multimnist": MultiMNISTSettings,
     "throughput": NoSettings,
 }
 Kind = Literal[tuple(KIND_SETTINGS)]

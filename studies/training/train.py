@@ -13,9 +13,11 @@ from tqdm.auto import tqdm
 
 import models
 from models.fields import ConfigError
+from models.multimnist import pair_correct, predict_pair
 from studies.data import datasets
 from studies.data.augment import parse_augmentation
 from studies.data.expanded import expanded_test_set, place_on_canvas
+from studies.training import stop
 from studies.training.config import TrainConfig
 from studies.training.devices import (
     algorithm_settings,
@@ -66,13 +68,25 @@ class TrainResult:
 
 @dataclass
 class Split:
-    """Images as uint8 (N, C, H, W) and int64 labels, both on the training device."""
+    """Images as uint8 (N, C, H, W) and int64 labels (N,), both on the training device. A
+    two-digit set (MultiMNIST) has labels (N, 2) and, as `targets`, each digit alone
+    (N, 2, C, H, W) uint8: what its model reconstructs. Without targets a model reconstructs its
+    input."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.labels.shape[0]
+
+
+def hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many examples the scores get right: the argmax for one label per example; for two
+    (MultiMNIST), both digits among the two highest scores, as the paper counts them."""
+    if labels.ndim == 2:
+        return pair_correct(predict_pair(scores), labels).sum()
+    return (scores.argmax(dim=1) == labels).sum()
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -122,7 +136,7 @@ def evaluate(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     bf16: bool = False,
 ) -> float:
-    """Accuracy of the argmax of the model's class scores; `transform` edits float batches."""
+    """Accuracy of the model's class scores (`hits`); `transform` edits float batches."""
     was_training = model.training
     model.eval()
     device = split.images.device
@@ -133,7 +147,7 @@ def evaluate(
             images = transform(images)
         with autocast(device, bf16):
             scores = model(images).scores
-        correct += (scores.argmax(dim=1) == split.labels[start : start + batch_size]).sum()
+        correct += hits(scores, split.labels[start : start + batch_size])
     model.train(was_training)
     return correct.item() / len(split)
 
@@ -205,15 +219,17 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
-StepForward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+StepForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _scores_and_loss(model: torch.nn.Module) -> StepForward:
-    """The training step's forward: class scores and the loss to minimise."""
+    """The training step's forward: class scores and the loss to minimise. `targets` is what the
+    model reconstructs: its input, or each digit alone on MultiMNIST."""
 
-    def scores_and_loss(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores_and_loss(images: torch.Tensor, labels: torch.Tensor,
+                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = model(images, labels)
-        return output.scores, model.loss(output, images, labels).total
+        return output.scores, model.loss(output, targets, labels).total
 
     return scores_and_loss
 
@@ -299,6 +315,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             unit="step",
         )
         for step in bar:
+            stop.check()
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             images, labels = to_float(train_split.images[index]), train_split.labels[index]
             if config.canvas:
@@ -309,7 +326,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
                 # An epoch's last, smaller batch runs eagerly: a graph for its shape would cost a
                 # second compilation for one step per epoch.
                 forward = compiled_step_loss if labels.shape[0] == config.batch_size else step_loss
-                scores, loss = forward(images, labels)
+                targets = images if train_split.targets is None else to_float(train_split.targets[index])
+                scores, loss = forward(images, labels, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -317,10 +335,10 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             detached = loss.detach()
             bad = ~torch.isfinite(detached) & (first_bad_step < 0)
             first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
-            hits = (scores.detach().argmax(dim=1) == labels).sum()
+            right = hits(scores.detach(), labels)
             loss_sum += detached * labels.shape[0]
-            correct += hits
-            interval_correct += hits
+            correct += right
+            interval_correct += right
             interval_seen += labels.shape[0]
             epoch_seen += labels.shape[0]
             images_seen += labels.shape[0]
