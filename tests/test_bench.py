@@ -12,6 +12,7 @@ import torch
 import models
 from bench.options import BenchOptions
 from bench.run import COLUMNS, run_benchmark, table_stem, write_tables
+from studies.training.devices import cpu_bf16_isa
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = [
@@ -220,3 +221,19 @@ def test_speed_paths_command_line(capsys):
     assert main(["--paths", "workspace"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown speed path 'workspace'")
+
+
+def test_the_throughput_study_measures_each_dtype_once_and_the_report_embeds_it(tmp_path, run_cli):
+    env = {"CAPSBENCH_RESULTS": tmp_path / "results"}
+    done = run_cli("studies", "run", "--study", "throughput", "--profile", "smoke", "--device", "cpu",
+                   "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "results" / "smoke"
+    dtypes = ["fp32"] + (["bf16"] if cpu_bf16_isa() is not None else [])
+    report = (out / "REPORT.md").read_text()
+    for dtype in dtypes:
+        assert (out / f"throughput-cpu-{dtype}.md").exists()
+        assert f"Throughput (cpu-{dtype})" in report
+    again = run_cli("studies", "run", "--study", "throughput", "--profile", "smoke", "--device", "cpu",
+                    "--no-progress", env=env)
+    assert again.returncode == 0 and again.stdout.count("exists; delete it to measure again") == len(dtypes)
