@@ -73,6 +73,8 @@ def cases():
             if name not in ("augmentation",):  # a scientific parameter of arm 2; checked there
                 yield placed(BASE, ["profiles", "smoke", name], value), name
             yield _scientific(name, value), name
+            if name not in ("augmentation",):
+                yield placed(BASE, ["profiles", "smoke", "per_model", "cnn_pool", name], value), name
     for model, config in (("capsnet", CapsNetConfig), ("cnn_pool", PooledCNNConfig)):
         for option in dataclasses.fields(config):
             for value in bad_values(dataclass_annotation(config, option.name)):

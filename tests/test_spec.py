@@ -98,6 +98,18 @@ def test_a_profile_sets_recipe_parameters_and_bf16_auto():
     assert config.batch_size == 16 and config.lr == 0.002 and isinstance(config.bf16, bool)
 
 
+def test_a_profile_may_give_one_model_its_own_recipe():
+    data = base()
+    data["arms"].append({"model": "cnn_pool", "scientific": {"augmentation": ["none"]}})
+    data["profiles"]["smoke"]["per_model"] = {"cnn_pool": {"epochs": 2}}
+    spec = parse_spec(data, "t.toml")
+    epochs = {(p.model, spec.train_config(p, "smoke", device="cpu").epochs) for p in spec.points("smoke")}
+    assert epochs == {("capsnet", 1), ("cnn_pool", 2)}
+    data["profiles"]["smoke"]["per_model"] = {"cnn_paper": {"epochs": 2}}
+    with pytest.raises(SpecError, match="per_model: 'cnn_paper' has no \\[\\[arms\\]\\] entry"):
+        parse_spec(data, "t.toml")
+
+
 def test_a_profile_cannot_fix_a_scientific_parameter():
     data = base()
     data["profiles"]["smoke"]["routing_iters"] = 3

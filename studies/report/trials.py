@@ -97,6 +97,8 @@ def budget_lines(trials: StudyTrials) -> list[str]:
     wall = frame["wall_seconds"].sum() if "wall_seconds" in frame else float("nan")
     span = (frame["completed"].max() - frame["started"].min()).total_seconds() if len(frame) else 0.0
     recipe = ", ".join(f"{k} = {v}" for k, v in sorted(profile.recipe.items()))
+    recipe += "".join(f"; for {model} only: " + ", ".join(f"{k} = {v}" for k, v in sorted(values.items()))
+                      for model, values in sorted(profile.per_model.items()))
     lines = [
         f"- budget (profile `{trials.options.profile}`): {_values(frame, 'train_images')} training images, "
         f"epochs {_values(frame, 'epochs')}, batch {_values(frame, 'batch_size')}, "

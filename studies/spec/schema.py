@@ -116,6 +116,9 @@ class ProfileTable(BaseModel):
     models: Annotated[list[str], MinLen(1)] | None = None
     grid: dict[str, Annotated[list[Any], MinLen(1)]] = {}
     nuisance_trials: Annotated[int, Ge(0)] = 0
+    # Training parameters for one model's trials only, over the profile's own: a model that learns
+    # more slowly per image may get more epochs (e.g. per_model = { cnn_pool = { epochs = 2 } }).
+    per_model: dict[str, dict[str, Any]] = {}
     # Kind-specific settings for this profile (override the spec's [settings]).
     extra: dict[str, Any] = {}
 

@@ -78,6 +78,8 @@ class Profile:
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     models: tuple[str, ...] | None = None
     nuisance_trials: int = 0
+    # Training parameters for one model's trials only, over `recipe`.
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The study kind's settings for this profile ([settings] with the profile's `extra` over it).
     settings: schema.Strict = field(default_factory=schema.NoSettings)
 
@@ -156,13 +158,16 @@ class StudySpec:
         return tuple(sorted(values.items()))
 
     def train_config(self, point: Point, profile: str, overrides: dict[str, Any] | None = None, **engine) -> TrainConfig:
-        """The TrainConfig of a point: fixed < arm fixed < profile < scientific < overrides."""
+        """The TrainConfig of a point: fixed < arm fixed < profile < the profile's per-model values
+        < scientific < overrides."""
         return self._train_config(point.arm, dict(point.values), point.seed, profile, overrides or {}, engine)
 
     def _train_config(self, index: int, scientific: dict[str, Any], seed: int, profile: str,
                       overrides: dict[str, Any], engine: dict[str, Any]) -> TrainConfig:
         arm = self.arms[index]
-        values = {**self.fixed, **arm.fixed, **self.profile(profile).recipe, **scientific, **overrides}
+        chosen = self.profile(profile)
+        values = {**self.fixed, **arm.fixed, **chosen.recipe, **chosen.per_model.get(arm.model, {}), **scientific,
+                  **overrides}
         if values.get("bf16") == BF16_AUTO:
             values["bf16"] = bf16_supported(resolve_device(engine.get("device", "auto")))
         option_names = set(models.option_names(arm.model))
@@ -263,6 +268,7 @@ def _profile(name: str, table: schema.ProfileTable, spec: schema.SpecFile) -> Pr
         grid={k: tuple(v) for k, v in table.grid.items()},
         models=tuple(table.models) if table.models is not None else None,
         nuisance_trials=table.nuisance_trials,
+        per_model={model: dict(values) for model, values in table.per_model.items()},
         settings=merged_settings(spec.kind, spec.settings, table.extra),
     )
 
@@ -323,18 +329,11 @@ class _Checker:
 
     def profile(self, profile: Profile, spec: StudySpec) -> None:
         where = f"profiles.{profile.name}"
-        for key, value in profile.recipe.items():
-            if any(key in arm.scientific for arm in spec.arms):
-                self.fail(where, f"{key!r} is a scientific parameter; restrict its values with grid instead")
-            if key not in TRAIN_KEYS:
-                self.fail(where, f"unknown key {key!r}; a profile sets seeds, models, grid, nuisance_trials, extra "
-                                 f"and training parameters ({', '.join(TRAIN_KEYS)})")
-            if key == "bf16" and value == BF16_AUTO:
-                continue
-            try:
-                check_value(TrainConfig, key, value)
-            except ValueError as error:
-                self.fail(where, str(error))
+        self.recipe(profile.recipe, spec, where)
+        for model, recipe in profile.per_model.items():
+            if not any(arm.model == model for arm in spec.arms):
+                self.fail(f"{where}.per_model", f"{model!r} has no [[arms]] entry")
+            self.recipe(recipe, spec, f"{where}.per_model.{model}")
         for model in profile.models or ():
             if not any(arm.model == model for arm in spec.arms):
                 self.fail(f"{where}.models", f"{model!r} has no [[arms]] entry")
@@ -347,6 +346,21 @@ class _Checker:
                     self.value(arm.model, key, value, f"{where}.grid")
         if spec.nuisance and profile.nuisance_trials and not profile.recipe.get("val_size"):
             self.fail(where, "tuning nuisance parameters needs val_size > 0")
+
+    def recipe(self, recipe: dict[str, Any], spec: StudySpec, where: str) -> None:
+        """Training parameters a profile fixes (for every model, or for one)."""
+        for key, value in recipe.items():
+            if any(key in arm.scientific for arm in spec.arms):
+                self.fail(where, f"{key!r} is a scientific parameter; restrict its values with grid instead")
+            if key not in TRAIN_KEYS:
+                self.fail(where, f"unknown key {key!r}; a profile sets seeds, models, grid, nuisance_trials, "
+                                 f"per_model, extra and training parameters ({', '.join(TRAIN_KEYS)})")
+            if key == "bf16" and value == BF16_AUTO:
+                continue
+            try:
+                check_value(TrainConfig, key, value)
+            except ValueError as error:
+                self.fail(where, str(error))
 
     def configs(self, spec: StudySpec) -> None:
         """Build every point's TrainConfig and model config once, so cross-field errors surface now;
