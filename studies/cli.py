@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = stop.install()
     try:
         args.run(args)
+        stop.check()  # a signal that landed where its exception was swallowed still ends in exit 130
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

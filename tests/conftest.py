@@ -17,6 +17,7 @@ PROGRAMS = {"studies": studies_main, "bench": bench_main}
 
 # `make test` runs the suite in two processes (pytest-xdist), one per core: each trains with one
 # thread, and so do the command lines it starts, rather than four threads fighting over two cores.
+# (The benchmark sets its own thread count, and a test about thread counts sets them itself.)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ["CAPSBENCH_THREADS"] = "1"

@@ -55,8 +55,9 @@ def test_one_bf16_step_gives_the_float32_loss_and_gradients(model):
 def test_a_short_capsnet_run_in_bf16_ends_like_float32():
     results = {}
     for bf16 in (False, True):
+        # seed 1: the seed whose run has learned most at this budget (0.666 accuracy, far from chance)
         config = TrainConfig(model="capsnet", train_size=640, test_size=500, epochs=1, batch_size=32, bf16=bf16,
-                             device="cpu", progress=False)
+                             device="cpu", progress=False, seed=1)
         results[bf16] = train(config)
     loss32, loss16 = (results[b].history[-1]["train_loss"] for b in (False, True))
     assert abs(loss16 - loss32) <= RUN_LOSS_TOLERANCE * loss32, (loss32, loss16)

@@ -227,11 +227,17 @@ def test_workers_opening_a_new_database_at_once_all_succeed(tmp_path):
     for round_ in range(2):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
         workers = [context.Process(target=_open_new_storage, args=(url,)) for _ in range(6)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
-        assert [worker.exitcode for worker in workers] == [0] * 6
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=60)
+            assert [worker.exitcode for worker in workers] == [0] * 6
+        finally:
+            for worker in workers:
+                if worker.is_alive():
+                    worker.kill()
+                    worker.join()
 
 
 def test_a_damaged_file_is_named_and_left_alone_and_nothing_is_fetched(tmp_path, run_cli):
@@ -325,8 +331,12 @@ batch_size = 32
 """
 
 
-def test_the_same_seed_gives_the_same_numbers_with_one_or_two_workers(tmp_path):
+def test_the_same_seed_gives_the_same_numbers_with_one_or_two_workers(tmp_path, monkeypatch):
     import pandas as pd
+
+    # The machine's own thread count, as a user's run has (the suite's processes may run with one).
+    monkeypatch.delenv("CAPSBENCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
     spec = tmp_path / "pair.toml"
     spec.write_text(TWO_MODELS)

@@ -138,6 +138,7 @@ class StudyRunner:
                    disable=not self.options.progress)
         waited = False
         while True:
+            stop.check()  # a signal whose exception was swallowed between trials claims nothing more
             for number in self.liveness.fail_dead(self.study, self.storage):
                 tqdm.write(f"trial {number}: its worker is gone; failed, its point will be retrained")
             with exclusive(self.choice, self.storage, self.study.study_name):

@@ -137,7 +137,7 @@ def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
 
 SCHEMA_RACE_ATTEMPTS = 8
 # What SQLite, PostgreSQL and Alembic's version table say when another process created the schema first.
-SCHEMA_RACE_SIGNS = ("already exists", "duplicate key", "UNIQUE constraint failed", "database is locked")
+SCHEMA_RACE_SIGNS = ("already exists", "duplicate key", "UNIQUE constraint failed")
 
 
 def _lost_schema_race(message: str) -> bool:

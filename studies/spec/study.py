@@ -344,7 +344,8 @@ class _Checker:
             for arm in arms:
                 for value in values:
                     self.value(arm.model, key, value, f"{where}.grid")
-        if spec.nuisance and profile.nuisance_trials and not profile.recipe.get("val_size"):
+        if spec.nuisance and profile.nuisance_trials and not all(
+                {**profile.recipe, **profile.per_model.get(arm.model, {})}.get("val_size") for arm in spec.arms):
             self.fail(where, "tuning nuisance parameters needs val_size > 0")
 
     def recipe(self, recipe: dict[str, Any], spec: StudySpec, where: str) -> None:

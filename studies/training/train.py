@@ -142,6 +142,7 @@ def evaluate(
     device = split.images.device
     correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(split), batch_size):
+        stop.check()
         images = to_float(split.images[start : start + batch_size])
         if transform is not None:
             images = transform(images)
