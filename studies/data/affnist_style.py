@@ -20,13 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
+from studies.data.atomic_save import save_atomically
 from studies.data.augment import AffineParams, affine_matrices, warp
 
 DESCRIPTION = "affNIST-style (generated)"
@@ -320,16 +319,7 @@ def _read_cache(path: Path, expected: dict[str, object]) -> AffineStyleSet | Non
 
 
 def _write_cache(path: Path, result: AffineStyleSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted save never leaves a half file under the real name.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(_to_payload(result), temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    save_atomically(_to_payload(result), path)
 
 
 def default_cache_dir() -> Path:

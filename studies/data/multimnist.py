@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from models.fields import ConfigError
+from studies.data.atomic_save import save_atomically
 from studies.data.augment import shift
 
 DESCRIPTION = "MultiMNIST (generated)"
@@ -378,17 +378,7 @@ def _read_cache(path: Path, expected: dict[str, object], labels: torch.Tensor) -
 
 
 def _write_cache(path: Path, result: MultiMNISTSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted save never leaves a half file under the real name
-    # and a reader sees the old file or the new one, never a mix.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(_to_payload(result), temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    save_atomically(_to_payload(result), path)
 
 
 def default_cache_dir() -> Path:
