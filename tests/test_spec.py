@@ -61,7 +61,9 @@ def test_builtin_ablation_is_the_paper_grid_and_more():
     assert {p.seed for p in spec.points("paper")} == {0, 1, 2}
     quick = spec.points("quick")
     assert {p.model for p in quick} == {"capsnet", "cnn_pool"} and {p.seed for p in quick} == {0, 1, 2}
-    assert len(quick) == (2 * 2 + 1 + 2) * 3
+    # CapsNet: routing {1, 3} x reconstruction, and without augmentation; the pooled CNN at shift2 only
+    assert len(quick) == (2 * 2 + 1 + 1) * 3
+    assert {p.values for p in quick if p.model == "cnn_pool"} == {(("augmentation", "shift2"),)}
     assert set(spec.profiles) == {"smoke", "quick", "standard", "paper"}
     assert load_spec("ablation", dataset="fashion_mnist").dataset == "fashion_mnist"
 
@@ -108,6 +110,27 @@ def test_a_profile_may_give_one_model_its_own_recipe():
     data["profiles"]["smoke"]["per_model"] = {"cnn_paper": {"epochs": 2}}
     with pytest.raises(SpecError, match="per_model: 'cnn_paper' has no \\[\\[arms\\]\\] entry"):
         parse_spec(data, "t.toml")
+
+
+def test_a_profile_may_restrict_one_models_grid():
+    data = base()
+    data["arms"].append({"model": "cnn_pool", "scientific": {"augmentation": ["none", "shift2"]}})
+    data["arms"][0]["scientific"]["augmentation"] = ["none", "shift2"]
+    data["profiles"]["smoke"]["model_grid"] = {"cnn_pool": {"augmentation": ["shift2"]}}
+    points = parse_spec(data, "t.toml").points("smoke")
+    configs = {p.config_key for p in points}
+    assert configs == {"capsnet|augmentation=none|routing_iters=1", "capsnet|augmentation=none|routing_iters=3",
+                       "capsnet|augmentation=shift2|routing_iters=1", "capsnet|augmentation=shift2|routing_iters=3",
+                       "cnn_pool|augmentation=shift2"}
+    for model_grid, fragment in [
+        ({"cnn_paper": {"augmentation": ["none"]}}, "model_grid: 'cnn_paper' has no [[arms]] entry"),
+        ({"cnn_pool": {"routing_iters": [1]}}, "model_grid.cnn_pool: 'routing_iters' is not a scientific parameter"),
+        ({"cnn_pool": {"augmentation": ["flip"]}}, "unknown augmentation"),
+    ]:
+        data["profiles"]["smoke"]["model_grid"] = model_grid
+        with pytest.raises(SpecError) as error:
+            parse_spec(data, "t.toml")
+        assert fragment in str(error.value)
 
 
 def test_a_profile_cannot_fix_a_scientific_parameter():

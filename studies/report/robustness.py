@@ -113,7 +113,10 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
              f"- robustness test set: **{', '.join(set_names)}** ({details})", "",
              markdown(table), "",
              "Each model is trained on expanded MNIST until its accuracy on a validation split held out from the "
-             "training images reaches the target, checked every few training steps; that model is then tested on "
+             f"training images reaches the target: validation is read every {int(frame['check_every'].iloc[0])} "
+             "training steps once the training accuracy is near the target, and when a check reaches it the steps "
+             "since the previous check are validated in turn, so the model kept is the first step at the target. "
+             "That model is then tested on "
              "the clean expanded-MNIST test set and on the robustness set. The paper early-stopped on its test "
              "set; we do not, because a checkpoint chosen on the test set makes the reported test accuracy a "
              "selected, optimistic number. A seed that never reached the target is not in the matched columns "

@@ -24,10 +24,11 @@ class Strict(BaseModel):
 
 
 class Matching(Strict):
-    """Robustness compared at matched clean accuracy: training stops at the first check (every
-    `check_every` steps) whose validation accuracy reaches `target_accuracy`; validation is
-    evaluated only once the training accuracy over the last steps is within `screen_margin` of the
-    target (free to compute; saves most evaluations). The test set is read after the match."""
+    """Robustness compared at matched clean accuracy: validation is read every `check_every` steps,
+    once the training accuracy over the last steps is within `screen_margin` of `target_accuracy`
+    (free to compute; saves most evaluations). When a check reaches the target, the steps since the
+    previous check (their weights kept on the device) are validated oldest first, and the earliest
+    at the target is the match. The test set is read after the match."""
 
     target_accuracy: Fraction | None = None
     check_every: Count = 20
@@ -119,6 +120,9 @@ class ProfileTable(BaseModel):
     # Training parameters for one model's trials only, over the profile's own: a model that learns
     # more slowly per image may get more epochs (e.g. per_model = { cnn_pool = { epochs = 2 } }).
     per_model: dict[str, dict[str, Any]] = {}
+    # One model's restriction of scientific values, over `grid` (e.g. model_grid = { cnn_pool =
+    # { augmentation = ["shift2"] } } keeps the augmentation comparison for CapsNet only).
+    model_grid: dict[str, dict[str, Annotated[list[Any], MinLen(1)]]] = {}
     # Kind-specific settings for this profile (override the spec's [settings]).
     extra: dict[str, Any] = {}
 

@@ -80,8 +80,15 @@ class Profile:
     nuisance_trials: int = 0
     # Training parameters for one model's trials only, over `recipe`.
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # One model's restriction of scientific values, over `grid`.
+    model_grid: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
     # The study kind's settings for this profile ([settings] with the profile's `extra` over it).
     settings: schema.Strict = field(default_factory=schema.NoSettings)
+
+    def arm_grid(self, arm: Arm) -> dict[str, tuple[Any, ...]]:
+        """The values of each of the arm's scientific parameters this profile trains."""
+        own = self.model_grid.get(arm.model, {})
+        return {k: own.get(k, self.grid.get(k, v)) for k, v in arm.scientific.items()}
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ class StudySpec:
         for index, arm in enumerate(self.arms):
             if chosen.models is not None and arm.model not in chosen.models:
                 continue
-            grid = {k: chosen.grid.get(k, v) for k, v in arm.scientific.items()}
+            grid = chosen.arm_grid(arm)
             names = sorted(grid)
             for combo in itertools.product(*(grid[k] for k in names)):
                 values = self._all_scientific(index, dict(zip(names, combo)), profile)
@@ -269,6 +276,7 @@ def _profile(name: str, table: schema.ProfileTable, spec: schema.SpecFile) -> Pr
         models=tuple(table.models) if table.models is not None else None,
         nuisance_trials=table.nuisance_trials,
         per_model={model: dict(values) for model, values in table.per_model.items()},
+        model_grid={model: {k: tuple(v) for k, v in grid.items()} for model, grid in table.model_grid.items()},
         settings=merged_settings(spec.kind, spec.settings, table.extra),
     )
 
@@ -337,16 +345,25 @@ class _Checker:
         for model in profile.models or ():
             if not any(arm.model == model for arm in spec.arms):
                 self.fail(f"{where}.models", f"{model!r} has no [[arms]] entry")
-        for key, values in profile.grid.items():
-            arms = [arm for arm in spec.arms if key in arm.scientific]
+        self.grid(profile.grid, spec.arms, f"{where}.grid")
+        for model, grid in profile.model_grid.items():
+            arms = [arm for arm in spec.arms if arm.model == model]
             if not arms:
-                self.fail(f"{where}.grid", f"{key!r} is not a scientific parameter")
-            for arm in arms:
-                for value in values:
-                    self.value(arm.model, key, value, f"{where}.grid")
+                self.fail(f"{where}.model_grid", f"{model!r} has no [[arms]] entry")
+            self.grid(grid, arms, f"{where}.model_grid.{model}")
         if spec.nuisance and profile.nuisance_trials and not all(
                 {**profile.recipe, **profile.per_model.get(arm.model, {})}.get("val_size") for arm in spec.arms):
             self.fail(where, "tuning nuisance parameters needs val_size > 0")
+
+    def grid(self, grid: dict[str, tuple[Any, ...]], arms: list[Arm], where: str) -> None:
+        """A restriction of scientific values: each key varied by one of `arms`, each value valid."""
+        for key, values in grid.items():
+            varying = [arm for arm in arms if key in arm.scientific]
+            if not varying:
+                self.fail(where, f"{key!r} is not a scientific parameter")
+            for arm in varying:
+                for value in values:
+                    self.value(arm.model, key, value, where)
 
     def recipe(self, recipe: dict[str, Any], spec: StudySpec, where: str) -> None:
         """Training parameters a profile fixes (for every model, or for one)."""
@@ -355,7 +372,7 @@ class _Checker:
                 self.fail(where, f"{key!r} is a scientific parameter; restrict its values with grid instead")
             if key not in TRAIN_KEYS:
                 self.fail(where, f"unknown key {key!r}; a profile sets seeds, models, grid, nuisance_trials, "
-                                 f"per_model, extra and training parameters ({', '.join(TRAIN_KEYS)})")
+                                 f"per_model, model_grid, extra and training parameters ({', '.join(TRAIN_KEYS)})")
             if key == "bf16" and value == BF16_AUTO:
                 continue
             try:
@@ -385,7 +402,7 @@ class _Checker:
         chosen = spec.profile(profile)
         if chosen.models is not None and arm.model not in chosen.models:
             return
-        grid = {k: chosen.grid.get(k, v) for k, v in arm.scientific.items()}
+        grid = chosen.arm_grid(arm)
         names = sorted(grid)
         for combo in itertools.product(*(grid[k] for k in names)):
             values = spec._all_scientific(index, dict(zip(names, combo)), profile)

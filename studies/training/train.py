@@ -193,9 +193,13 @@ class Progress:
 
 
 class StepCheck(Protocol):
-    """Called every `every` steps (and at the end of every epoch); may raise StopTraining."""
+    """Called every `every` steps (and at the end of every epoch); may raise StopTraining.
+    `after_step` runs after every optimiser step and must not wait for the device (no `.item()`):
+    it may keep device-side copies of the weights, for instance."""
 
     every: int
+
+    def after_step(self, step: int, images: int, model: torch.nn.Module) -> None: ...
 
     def __call__(self, progress: Progress) -> None: ...
 
@@ -347,6 +351,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             if (step + 1) % FINITE_CHECK_EVERY == 0 or last:
                 _raise_if_diverged(first_bad_step, epoch, loss_sum)
             global_step = (epoch - 1) * steps_per_epoch + step + 1
+            if check is not None:
+                check.after_step(global_step, images_seen, model)
             if check is not None and (global_step % check.every == 0 or last):
                 _raise_if_diverged(first_bad_step, epoch, loss_sum)
                 progress = Progress(epoch, global_step, images_seen, interval_correct.item() / interval_seen, model)
