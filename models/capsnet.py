@@ -177,13 +177,21 @@ class CapsNet(nn.Module):
 
     def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
         margin = margin_loss(output.scores, labels, self.config).mean()
-        parts = {"margin": margin.detach()}
-        total = margin
-        if output.reconstruction is not None and self.config.recon_weight > 0:
-            sse = (output.reconstruction.float() - images.float()).pow(2).flatten(1).sum(1).mean()
-            parts["reconstruction_sse"] = sse.detach()
-            total = total + self.config.recon_weight * sse
-        return LossTerms(total=total, parts=parts)
+        return with_reconstruction(margin, output.reconstruction, images, self.config.recon_weight)
+
+
+def with_reconstruction(margin: torch.Tensor, reconstruction: torch.Tensor | None, targets: torch.Tensor,
+                        recon_weight: float) -> LossTerms:
+    """The paper's total loss: the (batch-mean) margin loss plus recon_weight x the squared error of
+    the reconstruction, summed over all of an example's pixels (for MultiMNIST over both digits'
+    images) and averaged over the batch."""
+    parts = {"margin": margin.detach()}
+    total = margin
+    if reconstruction is not None and recon_weight > 0:
+        sse = (reconstruction.float() - targets.float()).pow(2).flatten(1).sum(1).mean()
+        parts["reconstruction_sse"] = sse.detach()
+        total = total + recon_weight * sse
+    return LossTerms(total=total, parts=parts)
 
 
 @register("capsnet", CapsNetConfig)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Interval, MinLen
 
-from models.capsnet import CapsNet, CapsNetConfig
+from models.capsnet import CapsNet, CapsNetConfig, with_reconstruction
 from models.cnn import BaselineCNN, CNNConfig
 from models.output import LossTerms, ModelOutput
 from models.registry import register
@@ -155,8 +155,6 @@ class CapsNetMulti(CapsNet):
         SSE summed over pixels, the total averaged over the batch (paper: weight 0.0005)."""
         _check_labels(labels)
         margin = margin_loss_pair(output.scores, labels, self.config).mean()
-        parts = {"margin": margin.detach()}
-        total = margin
         if output.reconstruction is not None and self.config.recon_weight > 0:
             if targets.shape != output.reconstruction.shape:
                 raise ValueError(
@@ -165,11 +163,8 @@ class CapsNetMulti(CapsNet):
                 )
             if not targets.is_floating_point():
                 raise TypeError(f"targets must be float images in [0, 1] like the inputs, got {targets.dtype}")
-            per_digit = (output.reconstruction.float() - targets.float()).pow(2).flatten(2).sum(2)  # (B, 2)
-            sse = per_digit.sum(1).mean()
-            parts["reconstruction_sse"] = sse.detach()
-            total = total + self.config.recon_weight * sse
-        return LossTerms(total=total, parts=parts)
+        # Reconstructions (B, 2, C, S, S): the squared errors of both digits summed per example.
+        return with_reconstruction(margin, output.reconstruction, targets, self.config.recon_weight)
 
 
 @register("capsnet_multi", CapsNetMultiConfig)

@@ -20,6 +20,7 @@ from studies.engine.runner import Interrupted, RunOptions, StudyRunner
 from studies.engine.storage import StorageError, choose_storage, migrate, open_storage, parse_url
 from studies.engine.tasks import TaskOutcome
 from studies.spec.study import parse_spec
+from tests.storage_polling import wait_for_trials
 
 pytestmark = pytest.mark.data  # the runner's preflight checks the MNIST files
 
@@ -290,18 +291,8 @@ def test_a_signal_stops_the_run_and_the_trial_uses_no_attempt(tmp_path, signum, 
     worker = studies_process("run", "--study", str(spec), "--profile", "smoke", "--no-progress", "--no-report",
                              results=results)
     url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # until the trial is training (its config is written first)
-        time.sleep(0.5)
-        assert worker.poll() is None, worker.communicate()[1]
-        if not (results / "smoke" / "studies.db").exists():
-            continue  # the worker creates the database; opening it here first would race its schema
-        try:
-            trials = optuna.load_study(study_name="slow.mnist.smoke", storage=url).get_trials()
-        except Exception:
-            continue
-        if any(t.state == TrialState.RUNNING and "config" in t.user_attrs for t in trials):
-            break
+    wait_for_trials(worker, results / "smoke" / "studies.db", "slow.mnist.smoke",  # until the trial is training
+                    lambda trials: any(t.state == TrialState.RUNNING and "config" in t.user_attrs for t in trials))
     worker.send_signal(signum)
     _, stderr = worker.communicate(timeout=60)
     assert worker.returncode == 130, stderr

@@ -7,7 +7,8 @@ import torch
 
 from studies.engine import tasks
 from studies.spec.schema import Matching
-from studies.training.train import Progress, StopTraining
+from studies.training.config import TrainConfig
+from studies.training.train import Progress, Split, StopTraining, build_model, train
 
 
 class StepStamp(torch.nn.Module):
@@ -70,10 +71,16 @@ def test_the_screen_holds_validation_until_the_training_accuracy_is_near_the_tar
     assert validated[:3] == [40, 50, 60] and matcher.matched["step"] == 55 and weights == 55
 
 
-def test_a_screen_that_opens_past_the_target_matches_at_that_check(monkeypatch):
+def test_a_screen_that_opens_past_the_target_still_walks_back_its_interval(monkeypatch):
     matcher, weights, validated = run(monkeypatch, lambda step: step / 100, every=10, target=0.25, margin=0.0,
                                       train_accuracy_at=lambda step: 1.0 if step >= 30 else 0.0)
-    assert validated == [30] and matcher.matched["step"] == 30 and weights == 30
+    # Weights are kept from the start, so the steps before the opening check are there to walk.
+    assert validated == [30, 21, 22, 23, 24, 25] and matcher.matched["step"] == 25 and weights == 25
+
+
+def test_at_most_check_every_weight_buffers_are_made(monkeypatch):
+    matcher, _, _ = run(monkeypatch, lambda step: step / 100, every=10, target=0.95)
+    assert len(matcher.slots) == 10
 
 
 @pytest.mark.parametrize("every", [1, 7])
@@ -85,3 +92,98 @@ def test_every_interval_gives_the_same_match_on_a_rising_curve(monkeypatch, ever
 def test_a_target_never_reached_leaves_no_match(monkeypatch):
     matcher, weights, _ = run(monkeypatch, lambda step: 0.1, every=10, target=0.9)
     assert matcher.matched is None and weights == 100
+
+
+# --- through the real training loop -------------------------------------------------------------
+
+TINY_CNN = {"conv_channels": (4, 4, 4), "fc_features": (8,)}
+
+
+def synthetic_splits(size: int = 40) -> tuple[Split, Split, Split]:
+    generator = torch.Generator().manual_seed(0)
+
+    def split():
+        images = torch.randint(0, 256, (size, 1, 28, 28), dtype=torch.uint8, generator=generator)
+        return Split(images, torch.randint(0, 10, (size,), generator=generator))
+
+    return split(), split(), split()
+
+
+def fingerprint(model: torch.nn.Module) -> float:
+    return float(next(model.parameters()).detach().double().sum())
+
+
+def test_train_hands_on_the_weights_of_the_matched_step(monkeypatch):
+    """Real steps of a tiny CNN (10 per epoch); the validation accuracy is scripted by the step
+    whose weights are evaluated: the walk restores step 7's weights, and the test split sees them."""
+    steps_by_weights: dict[float, int] = {}
+
+    class Recording(tasks.MatchTarget):
+        def after_step(self, step, images, model):
+            steps_by_weights[fingerprint(model)] = step
+            super().after_step(step, images, model)
+
+    monkeypatch.setattr(tasks, "evaluate", lambda model, split, *args, **kwargs:
+                        1.0 if steps_by_weights[fingerprint(model)] >= 7 else 0.0)
+    config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=2, batch_size=4, device="cpu", progress=False)
+    matcher = Recording(Matching(target_accuracy=0.5, check_every=5, screen_margin=1.0), None, config)
+    model = build_model(config)
+    result = train(config, None, model, None, synthetic_splits(), check=matcher)
+    assert matcher.matched == {"step": 7, "images": 28, "val_accuracy": 1.0}
+    assert steps_by_weights[fingerprint(model)] == 7
+    assert result.images_seen == 40  # training ran to the check at step 10
+    assert matcher.evaluations == 2 + 2  # checks at 5 and 10, then steps 6 and 7
+
+
+class CountingCheck:
+    """A StepCheck whose state is the number of checks it has seen."""
+
+    every = 3
+
+    def __init__(self):
+        self.calls = 0
+        self.loaded = None
+
+    def after_step(self, step, images, model):
+        pass
+
+    def __call__(self, progress):
+        self.calls += 1
+
+    def state_dict(self):
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state):
+        self.loaded = dict(state)
+        self.calls = state["calls"]
+
+
+def test_a_resumed_run_gets_its_checks_state_back(tmp_path):
+    config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=2, batch_size=4, device="cpu", progress=False)
+    straight = CountingCheck()
+    train(config, check=straight, splits=synthetic_splits())
+
+    def crash_in_epoch_2(record, model):
+        if record["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, crash_in_epoch_2, checkpoint=checkpoint, check=CountingCheck(), splits=synthetic_splits())
+    resumed = CountingCheck()
+    train(config, checkpoint=checkpoint, check=resumed, splits=synthetic_splits())
+    # Epoch 1 (10 steps): checks at 3, 6, 9 and its last step; the resumed run counts on from there.
+    assert resumed.loaded == {"calls": 4} and resumed.calls == straight.calls == 8
+
+
+def test_the_matchers_screen_survives_a_resume(monkeypatch):
+    monkeypatch.setattr(tasks, "evaluate", lambda *args, **kwargs: 0.0)
+    settings = Matching(target_accuracy=0.9, check_every=2, screen_margin=0.1)
+    config = SimpleNamespace(eval_batch_size=1, bf16=False)
+    first = tasks.MatchTarget(settings, None, config)
+    first(Progress(1, 2, 128, 0.85, StepStamp()))  # the screen opens
+    resumed, fresh = tasks.MatchTarget(settings, None, config), tasks.MatchTarget(settings, None, config)
+    resumed.load_state_dict(first.state_dict())
+    for matcher in (resumed, fresh):  # a dip of the training accuracy below the screen
+        matcher(Progress(2, 4, 256, 0.5, StepStamp()))
+    assert resumed.evaluations == 2 and fresh.evaluations == 0

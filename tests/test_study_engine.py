@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from tests.storage_polling import wait_for_trials
+
 pytestmark = pytest.mark.data
 
 
@@ -125,19 +127,16 @@ def test_killed_worker_is_detected_and_its_point_retrained(tmp_path):
     args = ["run", "--study", str(spec), "--profile", "smoke", "--no-report", "--heartbeat", "0.5", "--grace", "3"]
     worker = studies_cli(*args, results=results, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once one trial is done and another is running
-        time.sleep(0.5)
-        try:
-            study = optuna.load_study(study_name="tiny.mnist.smoke", storage=url)
-        except Exception:
-            continue
-        states = Counter(t.state for t in study.get_trials())
-        if states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] == 1:
-            break
+
+    def one_done_one_running(trials):  # the moment to kill the worker
+        states = Counter(t.state for t in trials)
+        return states[TrialState.COMPLETE] >= 1 and states[TrialState.RUNNING] == 1
+
+    wait_for_trials(worker, results / "smoke" / "studies.db", "tiny.mnist.smoke", one_done_one_running)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    killed = [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    trials = optuna.load_study(study_name="tiny.mnist.smoke", storage=url).get_trials()
+    killed = [t for t in trials if t.state == TrialState.RUNNING]
     assert len(killed) == 1
     rerun = studies_cli(*args, results=results)
     assert rerun.returncode == 0, rerun.stderr

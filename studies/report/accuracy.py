@@ -10,7 +10,7 @@ import seaborn as sns
 
 from studies.report import effects as fx
 from studies.report import stats
-from studies.report.figures import markdown, save_figure, write_latex
+from studies.report.figures import markdown, save_figure, write_table_files
 from studies.report.findings import accuracy_findings
 from studies.report.paper import table1_value
 from studies.report.section import Section, empty_section, left_out_lines
@@ -116,13 +116,10 @@ def accuracy_section(trials: StudyTrials, out: Path) -> Section:
     params = ordered_parameters([c for c in trials.scientific if c in frame])
     table = summary(trials)
     shown = display(table, params)
-    files = [out / f"{stem}.csv", out / f"{stem}-trials.csv", out / f"{stem}-table1.md", out / f"{stem}-table1.tex",
-             out / f"{stem}-error.png"]
-    table.to_csv(files[0], index=False)
-    frame.to_csv(files[1], index=False)
-    files[2].write_text(markdown(shown) + "\n")
-    write_latex(shown, files[3], f"{spec.title} on {spec.dataset} ({options.profile} profile); test error: mean, "
-                                 "sample sd and 95\\% t interval over seeds.")
+    files = write_table_files(table, frame, shown, out, stem, "table1",
+                              f"{spec.title} on {spec.dataset} ({options.profile} profile); test error: mean, "
+                              "sample sd and 95\\% t interval over seeds.")
+    files.append(out / f"{stem}-error.png")
     error_figure(frame, files[4], f"{spec.title}\n{spec.dataset}, profile {options.profile}")
     effects = fx.effects_frame(fx.factor_effects(frame, spec, trials.scientific, TEST_ERROR)
                                + fx.model_effects(frame, trials.scientific, TEST_ERROR))

@@ -25,3 +25,16 @@ def save_figure(fig, path: Path) -> None:
 def markdown(table: pd.DataFrame) -> str:
     """A pipe table of already formatted cells (no re-parsing of numbers that were rounded on purpose)."""
     return table.to_markdown(index=False, disable_numparse=True)
+
+
+def write_table_files(summary: pd.DataFrame, trials: pd.DataFrame, shown: pd.DataFrame, out: Path, stem: str,
+                      table_name: str, caption: str) -> list[Path]:
+    """A study's tables: the summary and every trial as CSV (<stem>.csv, <stem>-trials.csv), and the
+    formatted table as Markdown and LaTeX (<stem>-<table_name>.md, .tex)."""
+    files = [out / f"{stem}.csv", out / f"{stem}-trials.csv", out / f"{stem}-{table_name}.md",
+             out / f"{stem}-{table_name}.tex"]
+    summary.to_csv(files[0], index=False)
+    trials.to_csv(files[1], index=False)
+    files[2].write_text(markdown(shown) + "\n")
+    write_latex(shown, files[3], caption)
+    return files

@@ -16,7 +16,7 @@ import pandas as pd
 from studies.report import effects as fx
 from studies.report import stats
 from studies.report.accuracy import PARAM_TITLES, _ci, _display, _sort_key, ordered_parameters, standard_hint
-from studies.report.figures import markdown, save_figure, write_latex
+from studies.report.figures import markdown, save_figure, write_table_files
 from studies.report.paper import multimnist_value
 from studies.report.section import Section, empty_section, left_out_lines
 from studies.report.trials import StudyTrials, budget_lines, failure_lines, file_stem, files_line
@@ -105,12 +105,9 @@ def multimnist_section(trials: StudyTrials, out: Path) -> Section:
     shown = display(table, params)
     effects = fx.effects_frame(fx.factor_effects(frame, spec, trials.scientific, PAIR_ERROR)
                                + fx.model_effects(frame, trials.scientific, PAIR_ERROR, reference=REFERENCE))
-    files = [out / f"{stem}.csv", out / f"{stem}-trials.csv", out / f"{stem}-table1.md", out / f"{stem}-table1.tex"]
-    table.to_csv(files[0], index=False)
-    frame.to_csv(files[1], index=False)
-    files[2].write_text(markdown(shown) + "\n")
-    write_latex(shown, files[3], f"{spec.title} ({options.profile} profile); pair error: mean, sample sd and 95\\% t "
-                                 "interval over seeds.")
+    files = write_table_files(table, frame, shown, out, stem, "table1",
+                              f"{spec.title} ({options.profile} profile); pair error: mean, sample sd and 95\\% t "
+                              "interval over seeds.")
     files += fx.write_effects(effects, out, stem, f"{spec.title}: paired effects on the pair error "
                                                   f"({options.profile} profile)")
     figure = out / f"{stem}-reconstructions.png"

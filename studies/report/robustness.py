@@ -17,7 +17,7 @@ import seaborn as sns
 from studies.report import effects as fx
 from studies.report import stats
 from studies.report.accuracy import standard_hint
-from studies.report.figures import markdown, save_figure, write_latex
+from studies.report.figures import markdown, save_figure, write_latex, write_table_files
 from studies.report.findings import affnist_findings, rotation_findings
 from studies.report.paper import AFFNIST_ACCURACY
 from studies.report.section import Section, empty_section, left_out_lines
@@ -99,12 +99,9 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
     robust = fx.Metric("affnist_accuracy", f"{' / '.join(set_names)} accuracy %", lower_is_better=False)
     effects = fx.effects_frame(fx.model_effects(matched, trials.scientific, robust)
                                + fx.model_effects(matched, trials.scientific, CLEAN))
-    files = [out / f"{stem}.csv", out / f"{stem}-trials.csv", out / f"{stem}-table.md", out / f"{stem}-table.tex"]
-    table.to_csv(files[0], index=False)
-    frame.to_csv(files[1], index=False)
-    files[2].write_text(markdown(table) + "\n")
-    write_latex(table, files[3], f"{spec.title} ({options.profile} profile); mean and 95\\% t interval over "
-                                 "the seeds that reached the target.")
+    files = write_table_files(table, frame, table, out, stem, "table",
+                              f"{spec.title} ({options.profile} profile); mean and 95\\% t interval over "
+                              "the seeds that reached the target.")
     files += fx.write_effects(effects, out, stem, f"{spec.title}: CapsNet minus CNN at matched clean accuracy "
                                                   f"({options.profile} profile)")
     first = next(t for t in trials.study.get_trials(deepcopy=False) if t.number == int(frame["trial"].iloc[0]))

@@ -120,8 +120,8 @@ class ProfileTable(BaseModel):
     # Training parameters for one model's trials only, over the profile's own: a model that learns
     # more slowly per image may get more epochs (e.g. per_model = { cnn_pool = { epochs = 2 } }).
     per_model: dict[str, dict[str, Any]] = {}
-    # One model's restriction of scientific values, over `grid` (e.g. model_grid = { cnn_pool =
-    # { augmentation = ["shift2"] } } keeps the augmentation comparison for CapsNet only).
+    # One model's values of scientific parameters, in place of `grid`'s for that model (e.g. model_grid
+    # = { cnn_pool = { augmentation = ["shift2"] } } keeps the augmentation comparison for CapsNet only).
     model_grid: dict[str, dict[str, Annotated[list[Any], MinLen(1)]]] = {}
     # Kind-specific settings for this profile (override the spec's [settings]).
     extra: dict[str, Any] = {}

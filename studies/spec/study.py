@@ -80,7 +80,7 @@ class Profile:
     nuisance_trials: int = 0
     # Training parameters for one model's trials only, over `recipe`.
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # One model's restriction of scientific values, over `grid`.
+    # One model's values of scientific parameters, in place of `grid`'s for that model.
     model_grid: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
     # The study kind's settings for this profile ([settings] with the profile's `extra` over it).
     settings: schema.Strict = field(default_factory=schema.NoSettings)
@@ -356,7 +356,7 @@ class _Checker:
             self.fail(where, "tuning nuisance parameters needs val_size > 0")
 
     def grid(self, grid: dict[str, tuple[Any, ...]], arms: list[Arm], where: str) -> None:
-        """A restriction of scientific values: each key varied by one of `arms`, each value valid."""
+        """Values of scientific parameters (grid, model_grid): each key varied by one of `arms`, each value valid."""
         for key, values in grid.items():
             varying = [arm for arm in arms if key in arm.scientific]
             if not varying:

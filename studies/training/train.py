@@ -195,13 +195,19 @@ class Progress:
 class StepCheck(Protocol):
     """Called every `every` steps (and at the end of every epoch); may raise StopTraining.
     `after_step` runs after every optimiser step and must not wait for the device (no `.item()`):
-    it may keep device-side copies of the weights, for instance."""
+    it may keep device-side copies of the weights, for instance. `state_dict` is saved with every
+    epoch's checkpoint and handed back to `load_state_dict` on a resume, so a resumed run checks as
+    the uninterrupted one would have."""
 
     every: int
 
     def after_step(self, step: int, images: int, model: torch.nn.Module) -> None: ...
 
     def __call__(self, progress: Progress) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 # How often the loss's finiteness is looked at on the host: reading it every step would wait for
@@ -299,6 +305,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
         set_rng_states(resumed["rng"])
         history, train_seconds = resumed["history"], resumed["train_seconds"]
         first_epoch = resumed["epoch"] + 1
+        if check is not None and resumed.get("check") is not None:
+            check.load_state_dict(resumed["check"])
     stopped = False
     images_seen = (first_epoch - 1) * len(train_split)
     for epoch in range(first_epoch, config.epochs + 1):
@@ -391,6 +399,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
                 "train_seconds": train_seconds, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "generator": generator.get_state(), "rng": rng_states(device),
+                "check": check.state_dict() if check is not None else None,
             })
 
     test_accuracy = evaluate(model, test_split, config.eval_batch_size, bf16=config.bf16)
