@@ -1,5 +1,6 @@
 """Training to a matched clean accuracy (studies/engine/tasks.py MatchTarget), on a scripted model
 whose one weight is the step it was written at and whose validation accuracy is a function of it."""
+import io
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +18,8 @@ class StepStamp(torch.nn.Module):
         self.step = torch.nn.Parameter(torch.zeros(()))
 
 
-def run(monkeypatch, accuracy_at, every, target, margin=1.0, train_accuracy_at=lambda step: 1.0, steps=100):
+def run(monkeypatch, accuracy_at, every, target, margin=1.0, train_accuracy_at=lambda step: 1.0, steps=100,
+        match="first"):
     """The training loop's calls, as `train` makes them: after_step every step, the check every `every`."""
     validated = []
 
@@ -26,7 +28,7 @@ def run(monkeypatch, accuracy_at, every, target, margin=1.0, train_accuracy_at=l
         return accuracy_at(validated[-1])
 
     monkeypatch.setattr(tasks, "evaluate", evaluate)
-    settings = Matching(target_accuracy=target, check_every=every, screen_margin=margin)
+    settings = Matching(target_accuracy=target, check_every=every, screen_margin=margin, match=match)
     matcher = tasks.MatchTarget(settings, val=None, config=SimpleNamespace(eval_batch_size=1, bf16=False))
     model = StepStamp()
     for step in range(1, steps + 1):
@@ -87,6 +89,27 @@ def test_at_most_check_every_weight_buffers_are_made(monkeypatch):
 def test_every_interval_gives_the_same_match_on_a_rising_curve(monkeypatch, every):
     matcher, weights, _ = run(monkeypatch, lambda step: step / 100, every=every, target=0.5)
     assert matcher.matched["step"] == 50 and weights == 50
+
+
+@pytest.mark.parametrize("target, matched", [(0.362, 36), (0.368, 37), (0.365, 37)])  # a tie goes to the step at it
+def test_nearest_takes_the_step_before_the_crossing_when_it_reads_nearer(monkeypatch, target, matched):
+    matcher, weights, validated = run(monkeypatch, lambda step: step / 100, every=10, target=target, match="nearest")
+    assert matcher.matched["step"] == matched and weights == matched
+    assert matcher.matched["val_accuracy"] == matched / 100 == matcher.last_val
+    assert validated == [10, 20, 30, 40, 31, 32, 33, 34, 35, 36, 37]  # no evaluation beyond "first"'s
+
+
+@pytest.mark.parametrize("every", [1, 10])
+def test_nearest_reaches_back_to_the_previous_check(monkeypatch, every):
+    # The crossing is at the first step after a check (31); the step before it is that check (30).
+    matcher, weights, _ = run(monkeypatch, lambda step: 0.89 if step <= 30 else 0.98, every=every, target=0.9,
+                              match="nearest")
+    assert matcher.matched == {"step": 30, "images": 64 * 30, "val_accuracy": 0.89} and weights == 30
+
+
+def test_nearest_without_a_reading_below_the_target_keeps_the_first(monkeypatch):
+    matcher, weights, _ = run(monkeypatch, lambda step: 0.99, every=10, target=0.9, match="nearest")
+    assert matcher.matched["step"] == 1 and weights == 1
 
 
 def test_a_target_never_reached_leaves_no_match(monkeypatch):
@@ -176,14 +199,18 @@ def test_a_resumed_run_gets_its_checks_state_back(tmp_path):
     assert resumed.loaded == {"calls": 4} and resumed.calls == straight.calls == 8
 
 
-def test_the_matchers_screen_survives_a_resume(monkeypatch):
+def test_the_matchers_screen_and_last_reading_below_survive_a_resume(monkeypatch):
     monkeypatch.setattr(tasks, "evaluate", lambda *args, **kwargs: 0.0)
-    settings = Matching(target_accuracy=0.9, check_every=2, screen_margin=0.1)
+    settings = Matching(target_accuracy=0.9, check_every=2, screen_margin=0.1, match="nearest")
     config = SimpleNamespace(eval_batch_size=1, bf16=False)
     first = tasks.MatchTarget(settings, None, config)
     first(Progress(1, 2, 128, 0.85, StepStamp()))  # the screen opens
     resumed, fresh = tasks.MatchTarget(settings, None, config), tasks.MatchTarget(settings, None, config)
-    resumed.load_state_dict(first.state_dict())
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)  # as the checkpoint stores it
+    saved.seek(0)
+    resumed.load_state_dict(torch.load(saved, weights_only=True))
     for matcher in (resumed, fresh):  # a dip of the training accuracy below the screen
         matcher(Progress(2, 4, 256, 0.5, StepStamp()))
     assert resumed.evaluations == 2 and fresh.evaluations == 0
+    assert resumed.below["step"] == 4 and set(resumed.below_weights) == {"step"}

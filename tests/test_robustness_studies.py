@@ -105,8 +105,9 @@ def test_the_test_split_is_read_only_after_the_match(monkeypatch, tmp_path):
     first_other = names.index("test")
     assert set(names[:first_other]) == {"val"} and set(names[first_other:]) == {"test", "robustness"}
     validated = [accuracy for name, accuracy in calls[:first_other]]
+    # The match is one of the readings: the first at the target, or the one before it ("nearest").
     assert outcome.metrics["matched_val_accuracy"] in validated
-    assert outcome.metrics["matched_val_accuracy"] >= outcome.metrics["target_accuracy"]
+    assert max(validated) >= outcome.metrics["target_accuracy"]
     assert outcome.metrics["val_evaluations"] == first_other
 
 

@@ -110,8 +110,10 @@ class MatchTarget:
     So the match is the one a validation after every step would find (bar a crossing inside an
     interval whose check fell short), at the cost of at most `check_every - 1` extra evaluations,
     once, and of `check_every` copies of the weights in device memory (about 54 MB each for
-    CapsNet at 40x40). The trial's images_seen and train_seconds count up to the check that
-    stopped training; `matched_images` is the match's."""
+    CapsNet at 40x40). With `match = "nearest"` the last step read below the target (the one
+    just before the first at it) is kept too, and whichever of the two reads nearer the target is
+    the match (the one at the target on a tie). The trial's images_seen and train_seconds count up
+    to the check that stopped training; `matched_images` is the match's."""
 
     def __init__(self, settings: Matching, val: Split, config: TrainConfig):
         self.every, self.target, self.margin = settings.check_every, settings.target_accuracy, settings.screen_margin
@@ -120,8 +122,12 @@ class MatchTarget:
         self.last_val: float | None = None
         self.matched: dict[str, Any] | None = None
         self.watching = False  # the screen has opened: validation is read at every check
+        self.nearest = settings.match == "nearest"
         self.slots: list[dict[str, torch.Tensor]] = []  # reused buffers, one per step of an interval
         self.kept: list[tuple[int, int, dict[str, torch.Tensor]]] = []
+        # "nearest": the last step validated below the target, and a copy of its weights.
+        self.below: dict[str, Any] | None = None
+        self.below_weights: dict[str, torch.Tensor] = {}
 
     def after_step(self, step: int, images: int, model: torch.nn.Module) -> None:
         if self.every == 1:
@@ -136,10 +142,20 @@ class MatchTarget:
 
     def state_dict(self) -> dict[str, Any]:
         # Saved at an epoch's end, where the epoch's last check has just emptied `kept`.
-        return {"watching": self.watching, "evaluations": self.evaluations, "last_val": self.last_val}
+        return {"watching": self.watching, "evaluations": self.evaluations, "last_val": self.last_val,
+                "below": self.below, "below_weights": self.below_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.watching, self.evaluations, self.last_val = state["watching"], state["evaluations"], state["last_val"]
+        self.below, self.below_weights = state["below"], state["below_weights"]
+
+    def _remember_below(self, step: int, images: int, accuracy: float, weights: dict[str, torch.Tensor]) -> None:
+        if self.nearest:
+            self.below = {"step": step, "images": images, "val_accuracy": accuracy}
+            if not self.below_weights:
+                self.below_weights = {name: torch.empty_like(value) for name, value in weights.items()}
+            for name, value in weights.items():
+                self.below_weights[name].copy_(value)
 
     def _validate(self, model: torch.nn.Module) -> float:
         self.evaluations += 1
@@ -149,7 +165,10 @@ class MatchTarget:
     def __call__(self, progress: Progress) -> None:
         kept, self.kept = self.kept, []
         self.watching = self.watching or progress.train_accuracy >= self.target - self.margin
-        if not self.watching or self._validate(progress.model) < self.target:
+        if not self.watching:
+            return
+        if self._validate(progress.model) < self.target:
+            self._remember_below(progress.step, progress.images, self.last_val, progress.model.state_dict())
             return
         self.matched = {"step": progress.step, "images": progress.images, "val_accuracy": self.last_val}
         for step, images, weights in kept[:-1]:  # the last one is the weights just validated
@@ -157,10 +176,15 @@ class MatchTarget:
             if self._validate(progress.model) >= self.target:
                 self.matched = {"step": step, "images": images, "val_accuracy": self.last_val}
                 break
+            self._remember_below(step, images, self.last_val, weights)
         else:
             if kept:
                 progress.model.load_state_dict(kept[-1][2])
             self.last_val = self.matched["val_accuracy"]
+        below = self.below
+        if below is not None and self.target - below["val_accuracy"] < self.matched["val_accuracy"] - self.target:
+            progress.model.load_state_dict(self.below_weights)
+            self.matched, self.last_val = dict(below), below["val_accuracy"]
         raise StopTraining
 
 

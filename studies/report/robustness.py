@@ -112,7 +112,9 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
              "Each model is trained on expanded MNIST until its accuracy on a validation split held out from the "
              f"training images reaches the target: validation is read every {int(frame['check_every'].iloc[0])} "
              "training steps once the training accuracy is near the target, and when a check reaches it the steps "
-             "since the previous check are validated in turn, so the model kept is the first step at the target. "
+             "since the previous check are validated in turn, so the model kept is the first step at the target"
+             + (" or the step before it, whichever reads nearer the target. " if trials.profile.settings.match == "nearest"
+                else ". ") +
              "That model is then tested on "
              "the clean expanded-MNIST test set and on the robustness set. The paper early-stopped on its test "
              "set; we do not, because a checkpoint chosen on the test set makes the reported test accuracy a "

@@ -28,11 +28,15 @@ class Matching(Strict):
     once the training accuracy over the last steps is within `screen_margin` of `target_accuracy`
     (free to compute; saves most evaluations). When a check reaches the target, the steps since the
     previous check (their weights kept on the device) are validated oldest first, and the earliest
-    at the target is the match. The test set is read after the match."""
+    at the target is the match (`match = "first"`, as early stopping at a target does), or, with
+    `match = "nearest"`, whichever of it and the step just before it (below the target) reads
+    nearer the target: where one step moves the accuracy by a point, "first" overshoots by half a
+    step on average. The test set is read after the match."""
 
     target_accuracy: Fraction | None = None
     check_every: Count = 20
     screen_margin: Annotated[float, Interval(ge=0, le=1)] = 0.05
+    match: Literal["first", "nearest"] = "first"
 
 
 class AffineRangesTable(Strict):
