@@ -97,9 +97,10 @@ def rotation_findings(trials: StudyTrials, matched: pd.DataFrame, effects: pd.Da
     if row is None:
         return []
     target = matched["target_accuracy"].iloc[0] if "target_accuracy" in matched else None
-    at = f"at matched clean accuracy ({100 * target:.0f}% on a validation split)" if target else "at their final accuracy"
+    at = (f"at matched clean accuracy ({100 * target:.0f}% on a validation split; " if target
+          else "at their final accuracy (")
     within = f", {row['within']}" if row["within"] else ""
-    return [f"Trained on upright digits and compared {at} ({budget_phrase(trials)}{within}), CapsNet's mean "
+    return [f"Trained on upright digits and compared {at}{budget_phrase(trials)}{within}), CapsNet's mean "
             f"accuracy over the rotation sweep minus the CNN's: {verdict(row)}."]
 
 
