@@ -18,9 +18,12 @@ import torch
 
 import models
 from models.routing import votes_and_route
+from studies.engine import tasks
+from studies.engine.tasks import MatchTarget
+from studies.spec.schema import Matching
 from studies.training.config import TrainConfig
 from studies.training.optimizer import adam
-from studies.training.train import Split, train
+from studies.training.train import Split, build_model, train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -158,6 +161,72 @@ def test_the_training_step_makes_no_host_synchronisation():
 
     syncs(2)  # first use: cuDNN's benchmark search, cuBLAS handles
     assert syncs(6) == syncs(2)
+
+
+class _EveryStepCheck:
+    """A StepCheck that looks at nothing: what a matcher costs beyond its checks is measured against it."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def after_step(self, step, images, model):
+        pass
+
+    def __call__(self, progress):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_keeping_every_steps_weights_for_the_match_adds_no_host_synchronisation():
+    """The matcher copies the weights after every step into device buffers: a run with it (its
+    target out of reach, so no validation is read) synchronises exactly as often as one with a
+    check that does nothing."""
+
+    def syncs(check) -> int:
+        config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=1, batch_size=16, compile="off",
+                             device="cuda", progress=False)
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train(config, splits=_splits(16 * 12), check=check)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
+
+    config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, device="cuda", progress=False)
+    unreachable = Matching(target_accuracy=1.0, check_every=4, screen_margin=0.0)
+    syncs(_EveryStepCheck(4))  # first use
+    assert syncs(MatchTarget(unreachable, None, config)) == syncs(_EveryStepCheck(4))
+
+
+def test_a_match_on_cuda_hands_on_the_weights_of_the_matched_step(monkeypatch):
+    """Validation (scripted) is at the target from the first step: the first check walks back to
+    step 1 and puts its weights, kept on the device, back into the model."""
+    monkeypatch.setattr(tasks, "evaluate", lambda *args, **kwargs: 1.0)
+    config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=1, batch_size=16, compile="off",
+                         device="cuda", progress=False)
+    train_split, _, test_split = _splits(16 * 4)
+    first_step = {}
+
+    class Recording(MatchTarget):
+        def after_step(self, step, images, model):
+            if step == 1:
+                first_step.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().after_step(step, images, model)
+
+    matcher = Recording(Matching(target_accuracy=0.5, check_every=4, screen_margin=1.0), test_split, config)
+    model = build_model(config)
+    train(config, splits=(train_split, None, test_split), model=model, check=matcher)
+    assert matcher.matched["step"] == 1 and matcher.evaluations == 2
+    assert all(value.device.type == "cuda" for value in matcher.slots[0].values())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in first_step.items())
 
 
 def test_a_short_compiled_training_run_on_cuda_trains_as_the_eager_one():
