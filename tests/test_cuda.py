@@ -163,7 +163,7 @@ def test_the_training_step_makes_no_host_synchronisation():
     assert syncs(6) == syncs(2)
 
 
-class _EveryStepCheck:
+class _IdleCheck:
     """A StepCheck that looks at nothing: what a matcher costs beyond its checks is measured against it."""
 
     def __init__(self, every: int):
@@ -202,8 +202,8 @@ def test_keeping_every_steps_weights_for_the_match_adds_no_host_synchronisation(
 
     config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, device="cuda", progress=False)
     unreachable = Matching(target_accuracy=1.0, check_every=4, screen_margin=0.0)
-    syncs(_EveryStepCheck(4))  # first use
-    assert syncs(MatchTarget(unreachable, None, config)) == syncs(_EveryStepCheck(4))
+    syncs(_IdleCheck(4))  # first use
+    assert syncs(MatchTarget(unreachable, None, config)) == syncs(_IdleCheck(4))
 
 
 def test_a_match_on_cuda_hands_on_the_weights_of_the_matched_step(monkeypatch):
