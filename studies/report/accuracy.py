@@ -119,8 +119,9 @@ def accuracy_section(trials: StudyTrials, out: Path) -> Section:
     files = write_table_files(table, frame, shown, out, stem, "table1",
                               f"{spec.title} on {spec.dataset} ({options.profile} profile); test error: mean, "
                               "sample sd and 95\\% t interval over seeds.")
-    files.append(out / f"{stem}-error.png")
-    error_figure(frame, files[4], f"{spec.title}\n{spec.dataset}, profile {options.profile}")
+    figure = out / f"{stem}-error.png"
+    files.append(figure)
+    error_figure(frame, figure, f"{spec.title}\n{spec.dataset}, profile {options.profile}")
     effects = fx.effects_frame(fx.factor_effects(frame, spec, trials.scientific, TEST_ERROR)
                                + fx.model_effects(frame, trials.scientific, TEST_ERROR))
     files += fx.write_effects(effects, out, stem, f"{spec.title}: paired effects on test error "

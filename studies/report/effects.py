@@ -22,7 +22,7 @@ import pandas as pd
 
 import models
 from studies.report import stats
-from studies.report.figures import markdown, save_figure, write_latex
+from studies.report.figures import save_figure, write_formatted
 from studies.spec.study import StudySpec
 
 REFERENCE_MODEL = "capsnet"
@@ -214,14 +214,11 @@ def effects_figure(effects: pd.DataFrame, path: Path, title: str) -> None:
 
 def write_effects(effects: pd.DataFrame, out: Path, stem: str, caption: str) -> list[Path]:
     """<stem>-effects.csv (every column), .md and booktabs .tex (the display table), .png."""
-    files = [out / f"{stem}-effects.csv", out / f"{stem}-effects.md", out / f"{stem}-effects.tex",
-             out / f"{stem}-effects.png"]
+    files = [out / f"{stem}-effects.csv"]
     effects[COLUMNS].to_csv(files[0], index=False)
-    table = display_table(effects)
-    files[1].write_text(markdown(table) + "\n")
-    write_latex(table, files[2], caption)
+    files += write_formatted(display_table(effects), out, f"{stem}-effects", caption)
     if len(effects):
-        effects_figure(effects.reset_index(drop=True), files[3], caption)
-    else:
-        files.pop()
+        figure = out / f"{stem}-effects.png"
+        effects_figure(effects.reset_index(drop=True), figure, caption)
+        files.append(figure)
     return files

@@ -27,14 +27,19 @@ def markdown(table: pd.DataFrame) -> str:
     return table.to_markdown(index=False, disable_numparse=True)
 
 
+def write_formatted(shown: pd.DataFrame, out: Path, name: str, caption: str) -> list[Path]:
+    """One formatted table as Markdown and booktabs LaTeX: <name>.md and <name>.tex."""
+    md, tex = out / f"{name}.md", out / f"{name}.tex"
+    md.write_text(markdown(shown) + "\n")
+    write_latex(shown, tex, caption)
+    return [md, tex]
+
+
 def write_table_files(summary: pd.DataFrame, trials: pd.DataFrame, shown: pd.DataFrame, out: Path, stem: str,
                       table_name: str, caption: str) -> list[Path]:
     """A study's tables: the summary and every trial as CSV (<stem>.csv, <stem>-trials.csv), and the
     formatted table as Markdown and LaTeX (<stem>-<table_name>.md, .tex)."""
-    files = [out / f"{stem}.csv", out / f"{stem}-trials.csv", out / f"{stem}-{table_name}.md",
-             out / f"{stem}-{table_name}.tex"]
+    files = [out / f"{stem}.csv", out / f"{stem}-trials.csv"]
     summary.to_csv(files[0], index=False)
     trials.to_csv(files[1], index=False)
-    files[2].write_text(markdown(shown) + "\n")
-    write_latex(shown, files[3], caption)
-    return files
+    return files + write_formatted(shown, out, f"{stem}-{table_name}", caption)

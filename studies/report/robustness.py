@@ -17,7 +17,7 @@ import seaborn as sns
 from studies.report import effects as fx
 from studies.report import stats
 from studies.report.accuracy import standard_hint
-from studies.report.figures import markdown, save_figure, write_latex, write_table_files
+from studies.report.figures import markdown, save_figure, write_formatted, write_table_files
 from studies.report.findings import affnist_findings, rotation_findings
 from studies.report.paper import AFFNIST_ACCURACY
 from studies.report.section import Section, empty_section, left_out_lines
@@ -230,12 +230,12 @@ def rotation_section(trials: StudyTrials, out: Path) -> Section:
     ]:
         summary = sweep_summary(frame, sweep, transform, marks)
         summaries[transform] = summary
-        md, tex, png = (out / f"{stem}-{transform}.md", out / f"{stem}-{transform}.tex", out / f"{stem}-{transform}.png")
-        md.write_text(markdown(summary) + "\n")
-        write_latex(summary, tex, f"Accuracy under test-time {transform} ({options.profile} profile); mean ± sd "
-                                  "over seeds, AUC with its 95\\% t interval.")
+        files += write_formatted(summary, out, f"{stem}-{transform}",
+                                 f"Accuracy under test-time {transform} ({options.profile} profile); mean ± sd "
+                                 "over seeds, AUC with its 95\\% t interval.")
+        png = out / f"{stem}-{transform}.png"
         sweep_figure(sweep, transform, png, xlabel, f"{spec.dataset}: accuracy vs {transform}, profile {options.profile}")
-        files += [md, tex, png]
+        files.append(png)
         amounts = ", ".join(f"{a:g}" for a in sorted(sweep[sweep["transform"] == transform]["amount"].unique()))
         lines += [f"### {transform.capitalize()}", "", f"Amounts ({unit}): {amounts}.", "",
                   markdown(summary), "",
