@@ -42,9 +42,14 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--aug", "augmentation: none, shift<N>, rotate<D>, affine", TrainConfig, "augmentation",
                {"default": "shift2"}),
         Option("--epochs", "epochs", TrainConfig, "epochs", {"default": 1}),
-        Option("--train-size", "use the first N training images (default: all)", TrainConfig, "train_size"),
-        Option("--val-size", "hold out the last N training images", TrainConfig, "val_size", {"default": 0}),
-        Option("--test-size", "test on the first N test images (default: all 10k)", TrainConfig, "test_size"),
+        Option("--train-size", "train on a class-stratified random N of the training images (default: all but "
+               "the validation split)", TrainConfig, "train_size"),
+        Option("--val-size", "hold out a class-stratified random N of the training images for validation",
+               TrainConfig, "val_size", {"default": 0}),
+        Option("--test-size", "test on a class-stratified random N of the test images (default: all 10k)",
+               TrainConfig, "test_size"),
+        Option("--split-seed", "seed of the stratified training, validation and test subsets", TrainConfig,
+               "split_seed", {"default": 0}),
         Option("--batch-size", "batch size", TrainConfig, "batch_size", {"default": 128}),
         Option("--lr", "Adam learning rate", TrainConfig, "lr", {"default": 1e-3}),
         Option("--seed", "seed of the weights, the data order and the augmentation", TrainConfig, "seed",
@@ -119,6 +124,7 @@ def _run_train(args) -> None:
     config = TrainConfig(
         model=args.model, model_options=_model_options(args), dataset=args.dataset, augmentation=args.aug,
         epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
+        split_seed=args.split_seed,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, bf16=args.bf16,
         data_root=args.data_root, progress=not args.no_progress,
     )

@@ -21,17 +21,18 @@ BASE = {
     "arms": [{"model": "capsnet", "scientific": {"routing_iters": [1, 3]}},
              {"model": "cnn_pool", "scientific": {"augmentation": ["none"]}}],
     "nuisance": {"lr": {"low": 1e-4, "high": 1e-2}},
+    "primary": [{"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "metrics": ["test_error"]}],
     "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "epochs": 1}},
 }
 AFFNIST = {
     "name": "a", "kind": "affnist", "arms": [{"model": "capsnet", "fixed": {"input_size": 40}}],
     "fixed": {"canvas": 40},
-    "settings": {"ranges": {"rotation_deg": 20.0}, "target_accuracy": 0.5},
+    "settings": {"ranges": {"rotation_deg": 20.0}, "levels": [0.5, 0.6]},
     "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "extra": {"affnist_size": 10}}},
 }
 ROTATION = {
     "name": "r", "kind": "rotation", "arms": [{"model": "cnn_pool"}],
-    "settings": {"angles": [0, 90]},
+    "settings": {"angles": [0, 90], "levels": [0.5]},
     "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "extra": {"shifts": [0, 2]}}},
 }
 
@@ -59,6 +60,9 @@ def cases():
     for name in schema.NuisanceTable.model_fields:
         for value in bad_values(field_annotation(schema.NuisanceTable, name)):
             yield placed(BASE, ["nuisance", "lr", name], value), name
+    for name in schema.PrimaryTable.model_fields:
+        for value in bad_values(field_annotation(schema.PrimaryTable, name)) + PRIMARY_EXTRA.get(name, []):
+            yield _primary(name, value), name
     for base, settings in ((AFFNIST, schema.AffnistSettings), (ROTATION, schema.RotationSettings)):
         for name in settings.model_fields:
             for value in bad_values(field_annotation(settings, name)):
@@ -79,6 +83,18 @@ def cases():
         for option in dataclasses.fields(config):
             for value in bad_values(dataclass_annotation(config, option.name)):
                 yield _arm_fixed(model, option.name, value), option.name
+
+
+# Values of the right type that name nothing the spec has.
+PRIMARY_EXTRA = {"model": ["cnn_paper"], "compare": [{"routing_iters": [1, 1]}, {"routing_iters": [1, 7]},
+                                                     {"model": ["cnn_pool", "vit"]}, {"recon": [0, 1]}],
+                 "within": [{"augmentation": "rotate999"}], "metrics": [["affnist_accuracy"]]}
+
+
+def _primary(name, value):
+    data = copy.deepcopy(BASE)
+    data["primary"][0][name] = value
+    return data
 
 
 def _arm(name, value):
@@ -107,6 +123,7 @@ def test_the_generator_covers_every_field():
     keys = {key for _, key in CASES}
     expected = (set(schema.SpecFile.model_fields) | set(schema.ProfileTable.model_fields)
                 | set(schema.ArmTable.model_fields) | set(schema.NuisanceTable.model_fields)
+                | set(schema.PrimaryTable.model_fields)
                 | set(schema.AffnistSettings.model_fields) | set(schema.RotationSettings.model_fields)
                 | set(schema.AffineRangesTable.model_fields) | set(TRAIN_KEYS)
                 | {f.name for f in dataclasses.fields(CapsNetConfig)} | {f.name for f in dataclasses.fields(PooledCNNConfig)})

@@ -18,10 +18,9 @@ import torch
 
 import models
 from models.routing import votes_and_route
-from studies.engine import tasks
-from studies.engine.tasks import MatchTarget
-from studies.spec.schema import Matching
+from studies.training import curves
 from studies.training.config import TrainConfig
+from studies.training.curves import CurveRecorder, Schedule
 from studies.training.optimizer import adam
 from studies.training.train import Split, build_model, train
 
@@ -164,13 +163,14 @@ def test_the_training_step_makes_no_host_synchronisation():
 
 
 class _IdleCheck:
-    """A StepCheck that looks at nothing: what a matcher costs beyond its checks is measured against it."""
+    """A StepCheck that looks at nothing: what a curve recorder costs beyond its checks is measured
+    against it."""
 
     def __init__(self, every: int):
         self.every = every
 
-    def after_step(self, step, images, model):
-        pass
+    def due(self, step):
+        return step % self.every == 0
 
     def __call__(self, progress):
         pass
@@ -182,10 +182,11 @@ class _IdleCheck:
         pass
 
 
-def test_keeping_every_steps_weights_for_the_match_adds_no_host_synchronisation():
-    """The matcher copies the weights after every step into device buffers: a run with it (its
-    target out of reach, so no validation is read) synchronises exactly as often as one with a
-    check that does nothing."""
+def test_between_checkpoints_a_curve_adds_no_host_synchronisation(monkeypatch):
+    """The recorder's work happens at its checkpoints only: a run with it (validation scripted, so
+    its checkpoints read nothing from the device) synchronises as often as one with a check that
+    does nothing at the same steps."""
+    monkeypatch.setattr(curves, "evaluate", lambda *args, **kwargs: 0.5)
 
     def syncs(check) -> int:
         config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=1, batch_size=16, compile="off",
@@ -200,33 +201,43 @@ def test_keeping_every_steps_weights_for_the_match_adds_no_host_synchronisation(
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchronizing CUDA operation" in str(w.message) for w in caught)
 
-    config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, device="cuda", progress=False)
-    unreachable = Matching(target_accuracy=1.0, check_every=4, screen_margin=0.0)
+    schedule = Schedule(levels=(0.9,), check_every=4, dense_every=4, dense_margin=0.0)
     syncs(_IdleCheck(4))  # first use
-    assert syncs(MatchTarget(unreachable, None, config)) == syncs(_IdleCheck(4))
+    assert syncs(CurveRecorder(schedule, None, lambda model: {}, None, 16, False)) == syncs(_IdleCheck(4))
 
 
-def test_a_match_on_cuda_hands_on_the_weights_of_the_matched_step(monkeypatch):
-    """Validation (scripted) is at the target from the first step: the first check walks back to
-    step 1 and puts its weights, kept on the device, back into the model."""
-    monkeypatch.setattr(tasks, "evaluate", lambda *args, **kwargs: 1.0)
+def test_a_level_crossed_on_cuda_is_tested_at_the_kept_weights_of_the_previous_checkpoint(monkeypatch):
+    """Validation (scripted) crosses the level between the checkpoints at steps 4 and 8: the test
+    split is evaluated at both, the one at 4 from weights kept on the device, and training goes on
+    from step 8's weights."""
     config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=1, batch_size=16, compile="off",
                          device="cuda", progress=False)
-    train_split, _, test_split = _splits(16 * 4)
-    first_step = {}
+    train_split, _, val_split = _splits(16 * 12, 16)
+    test_split = _splits(16, 32)[2]
+    weights_at: dict[int, dict] = {}
+    tested: list[dict] = []
 
-    class Recording(MatchTarget):
-        def after_step(self, step, images, model):
-            if step == 1:
-                first_step.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-            super().after_step(step, images, model)
+    def evaluate(model, split, *args, **kwargs):
+        if split is test_split:
+            tested.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return 0.5
+        return 0.2 if len(weights_at) < 2 else 0.9
 
-    matcher = Recording(Matching(target_accuracy=0.5, check_every=4, screen_margin=1.0), test_split, config)
+    class Recording(CurveRecorder):
+        def __call__(self, progress):
+            weights_at[progress.step] = {k: v.detach().clone() for k, v in progress.model.state_dict().items()}
+            super().__call__(progress)
+
+    monkeypatch.setattr(curves, "evaluate", evaluate)
+    schedule = Schedule(levels=(0.5,), check_every=4, dense_every=4, dense_margin=0.0)
+    recorder = Recording(schedule, val_split, lambda model: {}, test_split, 16, False)
     model = build_model(config)
-    train(config, splits=(train_split, None, test_split), model=model, check=matcher)
-    assert matcher.matched["step"] == 1 and matcher.evaluations == 2
-    assert all(value.device.type == "cuda" for value in matcher.slots[0].values())
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in first_step.items())
+    train(config, splits=(train_split, val_split, test_split), model=model, check=recorder)
+    assert [row["step"] for row in recorder.rows][:3] == [4, 8, 12]
+    assert [row["test_accuracy"] for row in recorder.rows][:3] == [0.5, 0.5, None]
+    assert all(v.device.type == "cuda" for v in recorder.previous_weights.values())
+    assert all(torch.equal(tested[1][k], v) for k, v in weights_at[4].items())  # the kept step-4 weights
+    assert all(torch.equal(tested[0][k], v) for k, v in weights_at[8].items())
 
 
 def test_a_short_compiled_training_run_on_cuda_trains_as_the_eager_one():

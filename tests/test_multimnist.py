@@ -35,6 +35,7 @@ from studies.data.multimnist import (
     mnist_multimnist,
     nonzero_boxes,
 )
+from studies.data.subsets import stratified_subset
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +136,13 @@ def test_the_set_is_the_same_on_the_gpu(mnist_test) -> None:
 def test_test_set_is_built_from_mnist_test_digits_only(tmp_path: Path, mnist_test) -> None:
     images, labels = mnist_test
     s = mnist_multimnist("test", pairs_per_digit=2, seed=0, limit=400, cache_dir=tmp_path)
+    # The 400 source digits are a class-stratified random subset of the test digits, not the first 400.
+    chosen = stratified_subset(labels, 400, 0)
+    images, labels = images[chosen], labels[chosen]
     assert len(s) == 800 and int(s.source_index.max()) < 400
     assert torch.equal(_unshift(s.first, s.shifts[:, 0]), images[s.source_index[:, 0]])
     assert torch.equal(_unshift(s.second, s.shifts[:, 1]), images[s.source_index[:, 1]])
-    assert s.source_sha256 == multimnist.source_fingerprint(images[:400], labels[:400])
+    assert s.source_sha256 == multimnist.source_fingerprint(images, labels)
 
 
 def test_bad_inputs_are_refused() -> None:

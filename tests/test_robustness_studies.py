@@ -1,4 +1,6 @@
 """affNIST and rotation studies end to end (smoke profile) and their test-set choice."""
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -7,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.io
+import torch
 
+from studies.data import affnist_style
+from studies.engine import tasks
 from studies.engine.tasks import affnist_set
 from studies.spec.study import load_spec
 from studies.training.config import TrainConfig
@@ -25,35 +30,47 @@ def robustness(tmp_path_factory):
     return results / "smoke"
 
 
-def test_affnist_study_reports_the_generated_set_by_its_name(robustness):
+def test_affnist_study_writes_curves_levels_and_the_generated_sets_name(robustness):
     frame = pd.read_csv(robustness / "affnist-trials.csv")
     assert set(frame["model"]) == {"capsnet", "cnn_pool"}
     assert set(frame["robustness_set"]) == {"affNIST-style (generated)"}
-    assert frame["reached_target"].all() and frame["affnist_accuracy"].notna().all()
-    assert (frame["matched_val_accuracy"] >= frame["target_accuracy"]).all()
-    table = (robustness / "affnist-table.md").read_text()
-    assert "affNIST-style (generated) acc. %" in table and "79" in table and "66" in table
+    assert frame["images_seen"].nunique() == 1  # every arm trains the same budget
+    curves = pd.read_csv(robustness / "affnist-curves.csv")
+    for column in ["seed", "model", "step", "images", "val_accuracy", "test_accuracy", "affnist_accuracy"]:
+        assert column in curves, column
+    # smoke: 2 epochs of 2 steps, a checkpoint at the end of each
+    assert sorted(curves["step"].unique()) == [2, 4] and curves["affnist_accuracy"].notna().all()
+    levels = pd.read_csv(robustness / "affnist-levels.csv")
+    assert set(levels["level"]) == {0.1, 0.2} and len(levels) == 2 * 2
+    assert (robustness / "affnist-curves.png").stat().st_size > 0
+    end = (robustness / "affnist-end.md").read_text()
     # the CNN is sized to CapsNet's parameter count at 40x40; both counts are in the table
-    assert "13,475,648" in table and "13,471,833" in table
+    assert "13,475,648" in end and "13,471,833" in end
     report = (robustness / "REPORT.md").read_text()
     assert "not the official affNIST" in report and '"rotation_deg": 20.0' in report
-    assert "matched on the validation split" in report
+    assert '"generator_version"' in report and "output_sha256" in report
+    assert "Secondary view" in report and "capsnet − cnn_pool (affnist_accuracy)" in report
     effects = pd.read_csv(robustness / "affnist-effects.csv")
-    assert set(effects["comparison"]) == {"capsnet − cnn_pool"}
+    assert {"primary", "p_holm", "at_level"} <= set(effects.columns)
 
 
-def test_rotation_study_writes_long_form_sweeps(robustness):
+def test_rotation_study_writes_curves_and_long_form_sweeps(robustness):
+    curves = pd.read_csv(robustness / "rotation-curves.csv")
+    for column in ["seed", "model", "augmentation", "step", "val_accuracy", "test_accuracy", "rotation_auc",
+                   "translation_auc"]:
+        assert column in curves, column
+    assert curves["test_accuracy"].notna().all()  # the sweep's unchanged point, at every checkpoint
     sweep = pd.read_csv(robustness / "rotation-sweep.csv")
-    assert (robustness / "rotation-effects.csv").exists()
-    assert list(sweep.columns) == ["model", "train_augmentation", "seed", "transform", "amount", "accuracy"]
-    # smoke: 2 trials x (3 angles + 3 shifts)
-    assert len(sweep) == 12
+    assert list(sweep.columns) == ["model", "seed", "augmentation", "step", "transform", "amount", "accuracy"]
+    # smoke: 2 trials x 2 checkpoints x (3 angles + 3 shifts)
+    assert len(sweep) == 2 * 2 * 6
     assert sorted(sweep[sweep["transform"] == "rotation"]["amount"].unique()) == [-90, 0, 90]
-    for name in ["rotation-rotation.md", "rotation-rotation.tex", "rotation-rotation.png",
-                 "rotation-translation.md", "rotation-translation.png"]:
+    # The unchanged point of both sweeps is one evaluation: the clean test accuracy.
+    zero = sweep[sweep["amount"] == 0].pivot_table(index=["model", "step"], columns="transform", values="accuracy")
+    assert (zero["rotation"] == zero["translation"]).all()
+    for name in ["rotation-levels-table.md", "rotation-curves.png", "rotation-rotation.png",
+                 "rotation-translation.png", "rotation-effects.csv", "rotation-end.md"]:
         assert (robustness / name).stat().st_size > 0
-    summary = (robustness / "rotation-rotation.md").read_text()
-    assert "acc. % at ±90" in summary and "AUC" in summary
 
 
 def test_official_affnist_files_are_used_and_named_when_present(tmp_path):
@@ -66,49 +83,73 @@ def test_official_affnist_files_are_used_and_named_when_present(tmp_path):
     spec = load_spec("affnist")
     config = TrainConfig(data_root=str(tmp_path), device="cpu")
     chosen = affnist_set(spec, spec.profile("smoke"), config)
-    assert chosen.name == "affNIST" and len(chosen.split) == 30
+    assert chosen.name == "affNIST" and len(chosen.split) == 30  # fewer than affnist_size: all of them
     assert chosen.split.images.shape == (30, 1, 40, 40)
+    assert chosen.identity["source"] == "official affNIST test files"
 
 
-def test_the_test_split_is_read_only_after_the_match(monkeypatch, tmp_path):
-    """A spy on every evaluation of an affNIST trial: the validation checks come first, and the
-    test split and the robustness set are evaluated only once one of them reached the target."""
-    from studies.engine import tasks
-    from studies.training import train as training
+def test_the_robustness_sets_identity_is_its_recipe_not_its_pixels(monkeypatch):
+    """Regenerated on another CPU or a GPU, a generated set's uint8 pixels may round differently;
+    its identity (what trials are matched by) must not change, while its output digest does."""
+    spec = load_spec("affnist")
+    profile = spec.profile("smoke")
+    config = TrainConfig(device="cpu")
+    tasks._ROBUSTNESS_SETS.clear()
+    here = affnist_set(spec, profile, config)
+    make = affnist_style.mnist_affnist_style
+
+    def one_rounding_step_away(*args, **kwargs):
+        made = make(*args, **kwargs)
+        images = made.images.clone()
+        images[images < 255] += (images[images < 255] > 0).to(torch.uint8)  # every grey pixel one step up
+        return dataclasses.replace(made, images=images)
+
+    monkeypatch.setattr(affnist_style, "mnist_affnist_style", one_rounding_step_away)
+    tasks._ROBUSTNESS_SETS.clear()
+    elsewhere = affnist_set(spec, profile, config)
+    tasks._ROBUSTNESS_SETS.clear()
+    assert not torch.equal(here.split.images, elsewhere.split.images)
+    assert here.output_sha256 != elsewhere.output_sha256
+    assert here.identity == elsewhere.identity
+    assert tasks.task_identity(spec, profile, config) == tasks.task_identity(spec, profile, config)
+    assert "output_sha256" not in json.dumps(here.identity) and "source_sha256" in here.identity
+
+
+def test_checkpoint_choices_in_an_affnist_trial_see_validation_readings_only(monkeypatch):
+    """A spy through a real affNIST trial: every evaluation of a split other than validation is
+    shifted by 10 (an accuracy no validation reading can have); the schedule and the bracketing
+    of levels receive values, and all of them are validation readings."""
+    from studies.training import curves
 
     spec = load_spec("affnist")
     profile = spec.profile("smoke")
     config = spec.train_config(spec.points("smoke")[0], "smoke", device="cpu", progress=False)
-    seen = {}
-    load = training.load_splits
+    real = curves.evaluate
+    seen, validation = [], []
+    load = tasks.load_splits
 
     def spy_load(*args, **kwargs):
         splits = load(*args, **kwargs)
-        seen.update(val=splits[1], test=splits[2])
+        validation_split = splits[1]
+
+        def evaluate(model, split, *args, **kwargs):
+            accuracy = real(model, split, *args, **kwargs)
+            if split is validation_split:
+                validation.append(accuracy)
+                return accuracy
+            return accuracy + 10.0
+
+        monkeypatch.setattr(curves, "evaluate", evaluate)
+        monkeypatch.setattr(tasks, "evaluate", evaluate)
         return splits
 
-    calls = []
-    evaluate = training.evaluate
-
-    def spy_evaluate(model, split, *args, **kwargs):
-        accuracy = evaluate(model, split, *args, **kwargs)
-        name = next((n for n, s in seen.items() if s is split), "robustness")
-        calls.append((name, accuracy))
-        return accuracy
-
+    original_interval, original_crossing = curves.Schedule.next_interval, curves.first_crossing
+    monkeypatch.setattr(curves.Schedule, "next_interval", lambda self, v: seen.append(v) or original_interval(self, v))
+    monkeypatch.setattr(curves, "first_crossing", lambda r, level: seen.extend(r) or original_crossing(r, level))
     monkeypatch.setattr(tasks, "load_splits", spy_load)
-    monkeypatch.setattr(tasks, "evaluate", spy_evaluate)
-    monkeypatch.setattr(training, "evaluate", spy_evaluate)
     outcome = tasks.affnist_task(spec, profile, config, tasks.TrainHooks())
-    names = [name for name, _ in calls]
-    assert outcome.metrics["reached_target"] and "test" in names and "robustness" in names
-    first_other = names.index("test")
-    assert set(names[:first_other]) == {"val"} and set(names[first_other:]) == {"test", "robustness"}
-    validated = [accuracy for name, accuracy in calls[:first_other]]
-    # The match is one of the readings: the first at the target, or the one before it ("nearest").
-    assert outcome.metrics["matched_val_accuracy"] in validated
-    assert max(validated) >= outcome.metrics["target_accuracy"]
-    assert outcome.metrics["val_evaluations"] == first_other
+    assert seen and set(seen) <= set(validation)
+    assert all(row["affnist_accuracy"] >= 10.0 for row in outcome.rows)  # the shifted ones were measured too
 
 
 def test_a_study_on_a_dataset_it_does_not_support_is_one_line(tmp_path, run_cli):

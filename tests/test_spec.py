@@ -61,8 +61,8 @@ def test_builtin_ablation_is_the_paper_grid_and_more():
     assert {p.seed for p in spec.points("paper")} == {0, 1, 2}
     quick = spec.points("quick")
     assert {p.model for p in quick} == {"capsnet", "cnn_pool"} and {p.seed for p in quick} == {0, 1, 2}
-    # CapsNet: routing {1, 3} x reconstruction, and without augmentation; the pooled CNN at shift2 only
-    assert len(quick) == (2 * 2 + 1 + 1) * 3
+    # CapsNet: routing {1, 3} x reconstruction; the pooled CNN; all at shift2
+    assert len(quick) == (2 * 2 + 1) * 3
     assert {p.values for p in quick if p.model == "cnn_pool"} == {(("augmentation", "shift2"),)}
     assert set(spec.profiles) == {"smoke", "quick", "standard", "paper"}
     assert load_spec("ablation", dataset="fashion_mnist").dataset == "fashion_mnist"
@@ -148,3 +148,53 @@ def test_a_study_refuses_a_dataset_it_does_not_support():
 def test_unknown_study_lists_the_builtin_ones():
     with pytest.raises(SpecError, match="ablation"):
         load_spec("nonexistent")
+
+
+def test_primary_comparisons_are_declared_and_checked():
+    data = base(primary=[{"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "metrics": ["test_error"]}])
+    (primary,) = parse_spec(data, "t.toml").primary
+    assert (primary.factor, primary.baseline, primary.level, primary.label) == (
+        "routing_iters", 1, 3, "capsnet: routing_iters 3 − 1")
+    for entry, fragment in [
+        ({"compare": {"routing_iters": [1, 3]}, "metrics": ["test_error"]}, "say which model's parameter"),
+        ({"model": "capsnet", "compare": {"routing_iters": [1, 2]}, "metrics": ["test_error"]},
+         "routing_iters = 2 is not among the values"),
+        ({"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "metrics": ["rotation_auc"]},
+         "primary[0].metrics: 'rotation_auc' is not measured by a 'accuracy' study"),
+        ({"compare": {"model": ["cnn_pool", "capsnet"]}, "metrics": ["test_error"]},
+         "primary[0].compare: model 'cnn_pool' has no [[arms]] entry"),
+        ({"model": "capsnet", "compare": {"routing_iters": [1, 3], "recon_weight": [0, 1]}, "metrics": ["test_error"]},
+         "compare names exactly one parameter"),
+        ({"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "within": {"augmentation": "flip"},
+          "metrics": ["test_error"]}, "primary[0].within"),
+    ]:
+        with pytest.raises(SpecError) as error:
+            parse_spec(base(primary=[entry]), "bad.toml")
+        assert fragment in str(error.value), str(error.value)
+
+
+def test_reported_profiles_test_on_the_whole_test_set_or_a_large_subset():
+    data = base()
+    data["profiles"]["quick"] = {"seeds": [0], "test_size": 5000}
+    with pytest.raises(SpecError, match="profiles.quick: test_size 5000: a 'accuracy' study is tested on the whole"):
+        parse_spec(data, "bad.toml")
+    rotation = {"name": "r", "kind": "rotation", "arms": [{"model": "cnn_pool"}], "settings": {"levels": [0.5]},
+                "profiles": {"quick": {"seeds": [0], "val_size": 10, "test_size": 500}}}
+    with pytest.raises(SpecError, match="test_size 500: a test subset has at least 1000 images"):
+        parse_spec(rotation, "bad.toml")
+    rotation["profiles"]["quick"]["test_size"] = 1000
+    parse_spec(rotation, "good.toml")
+    # smoke is the tests' own profile, never reported beside published numbers
+    rotation["profiles"]["smoke"] = {"seeds": [0], "val_size": 10, "test_size": 50}
+    parse_spec(rotation, "good.toml")
+
+
+def test_the_builtin_quick_profiles_give_every_arm_one_budget():
+    for name in ("ablation", "affnist", "rotation"):
+        spec = load_spec(name)
+        budgets = {(c.train_size, c.epochs, c.batch_size) for c in
+                   (spec.train_config(p, "quick", device="cpu") for p in spec.points("quick"))}
+        assert len(budgets) == 1, (name, budgets)
+        assert spec.primary, name
+    ablation = load_spec("ablation")
+    assert {ablation.train_config(p, "quick", device="cpu").test_size for p in ablation.points("quick")} == {None}

@@ -73,15 +73,27 @@ def test_smoke_study_writes_every_report_file(smoke):
     assert "\\toprule" in (out / "ablation-table1.tex").read_text()
     effects = pd.read_csv(out / "ablation-effects.csv")
     for column in ["comparison", "within", "n", "mean_difference", "ci95_low", "ci95_high", "p_paired_t",
-                   "p_sign_flip_exact", "seeds_for_80pct_power"]:
+                   "p_sign_flip_exact", "primary", "p_holm", "resolved", "budget", "detectable_80pct_power",
+                   "seeds_80pct_power_low", "seeds_80pct_power_high"]:
         assert column in effects, column
     comparisons = set(effects["comparison"])
     assert {"capsnet: routing_iters 3 − 1", "capsnet: recon_weight 0.0005 − 0.0",
-            "capsnet (recon_weight=0.0005, routing_iters=3) − cnn_pool"} <= comparisons
-    assert set(effects["n"]) == {2}
+            "capsnet (recon_weight=0.0005, routing_iters=3; 8.2M parameters) − cnn_pool (4.6M parameters)"} <= comparisons
+    assert set(effects["n"]) == {2} and not effects["resolved"].any()  # nothing is resolved with 2 seeds
+    # The three declared comparisons are primary, with Holm's p over them; every other row is exploratory.
+    primary = effects[effects["primary"]]
+    assert len(primary) == 3 and primary["p_holm"].notna().all() and effects[~effects["primary"]]["p_holm"].isna().all()
+    assert (primary["p_holm"] >= primary["p_paired_t"] - 1e-12).all()
+    assert set(effects["budget"]) == {"equal"}
+    trials_frame = pd.read_csv(out / "ablation-trials.csv")
+    assert trials_frame["images_seen"].nunique() == 1 and "val_accuracy" in trials_frame
     report = (out / "REPORT.md").read_text()
     assert "64 training images" in report and "seeds 0, 1" in report and "ablation-error.png" in report
     assert report.index("## Findings") < report.index("## Routing and reconstruction ablation")
+    findings = report[report.index("## Findings"):report.index("## Routing and reconstruction ablation")]
+    # Every primary comparison is a finding, in the spec's order, whatever its sign.
+    assert findings.index("routing_iters 3 − 1") < findings.index("recon_weight 0.0005 − 0.0") < findings.index(
+        "− cnn_pool") and findings.count("Holm-adjusted") == 3
     assert "`cnn_paper`: standard and paper profiles only" in report
 
 
@@ -172,6 +184,7 @@ def test_the_paper_stands_beside_a_trained_model_only():
     table = pd.DataFrame([{"model": "capsnet", "routing_iters": 3, "recon_weight": 0.0005, "augmentation": "shift2",
                            "n": 3, "test_error_mean": error, "test_error_sd": 0.1, "ci95_low": error - 0.2,
                            "ci95_high": error + 0.2, "params": 8215568, "train_seconds_mean": 50.0,
+                           "val_error_mean": error - 0.3, "val_error_sd": 0.1, "images_seen": 20000,
                            "paper_error": "0.25 ± 0.005"} for error in (1.8, MEANINGFUL_ERROR + 1)])
     shown = display(table, ["routing_iters", "recon_weight", "augmentation"])["Paper error %"].tolist()
     assert shown == ["0.25 ± 0.005", "(not beside a model this far from trained)"]

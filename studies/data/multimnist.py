@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from models.fields import ConfigError
 from studies.data.atomic_save import save_atomically
+from studies.data.subsets import stratified_subset
 from studies.data.augment import shift
 
 DESCRIPTION = "MultiMNIST (generated)"
@@ -421,12 +422,14 @@ def mnist_multimnist(
     root: str | os.PathLike[str] | None = None,
     limit: int | None = None,
     cache_dir: Path | None = None,
+    subset_seed: int = 0,
 ) -> MultiMNISTSet:
     """The MultiMNIST set of an MNIST split (both digits of every pair from that split), cached.
 
-    `limit` keeps the first `limit` digits of the split as the source (partners are drawn among
-    them too), so the set has limit * pairs_per_digit examples. The cache lives under
-    <root>/multimnist when `root` is given, else under the default data root.
+    `limit` keeps a class-stratified random subset of `limit` digits of the split as the source
+    (seeded by `subset_seed`; partners are drawn among them too), so the set has
+    limit * pairs_per_digit examples. The cache lives under <root>/multimnist when `root` is
+    given, else under the default data root.
     """
     from studies.data import datasets
 
@@ -434,7 +437,8 @@ def mnist_multimnist(
         raise ConfigError(f"limit must be an integer >= 2 or None, got {limit!r}")
     images, labels = datasets.load("mnist", split, root)
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        index = stratified_subset(labels, limit, subset_seed)
+        images, labels = images[index], labels[index]
     if cache_dir is None and root is not None:
         cache_dir = Path(root) / CACHE_FOLDER
     return load_or_generate(images, labels, pairs_per_digit, seed, device, cache_dir)

@@ -25,10 +25,14 @@ SECTION_BUILDERS = {"accuracy": accuracy_section, "affnist": affnist_section, "r
 def write_report(sections: list[Section], options: RunOptions, out: Path) -> Path:
     import torch
 
-    findings = [sentence for section in sections for sentence in section.findings]
     lines = [f"# capsbench results — profile `{options.profile}`", ""]
-    if findings:
-        lines += ["## Findings", "", *(f"- {sentence}" for sentence in findings), "", CLOSING, ""]
+    if any(section.findings for section in sections):
+        lines += ["## Findings", "", "Every primary comparison each study declares, whatever its sign, with Holm's "
+                  "adjustment over the study's primary comparisons; exploratory comparisons are in the sections.", ""]
+        for section in sections:
+            if section.findings:
+                lines += [f"- **{section.findings_heading}**", *(f"  - {sentence}" for sentence in section.findings)]
+        lines += ["", CLOSING, ""]
     lines += [
         "Rebuilt from the stored trials by `make report` (no training). Every table states the budget it came "
         "from. Profiles other than `paper` are NOT the paper's protocol; their numbers answer the questions "

@@ -17,6 +17,7 @@ from studies.report import effects as fx
 from studies.report import stats
 from studies.report.accuracy import PARAM_TITLES, _ci, _display, _sort_key, ordered_parameters, standard_hint
 from studies.report.figures import markdown, save_figure, write_table_files
+from studies.report.findings import budget_phrase, primary_findings
 from studies.report.paper import multimnist_value
 from studies.report.section import Section, empty_section, left_out_lines
 from studies.report.trials import StudyTrials, budget_lines, failure_lines, file_stem, files_line
@@ -103,8 +104,9 @@ def multimnist_section(trials: StudyTrials, out: Path) -> Section:
     params = ordered_parameters([c for c in trials.scientific if c in frame])
     table = summary(trials)
     shown = display(table, params)
-    effects = fx.effects_frame(fx.factor_effects(frame, spec, trials.scientific, PAIR_ERROR)
-                               + fx.model_effects(frame, trials.scientific, PAIR_ERROR, reference=REFERENCE))
+    effects, missing = fx.mark_primary(fx.factor_effects(frame, spec, trials.scientific, PAIR_ERROR)
+                                       + fx.model_effects(frame, trials.scientific, PAIR_ERROR, reference=REFERENCE),
+                                       spec)
     files = write_table_files(table, frame, shown, out, stem, "table1",
                               f"{spec.title} ({options.profile} profile); pair error: mean, sample sd and 95\\% t "
                               "interval over seeds.")
@@ -130,4 +132,6 @@ def multimnist_section(trials: StudyTrials, out: Path) -> Section:
         lines += [f"![reconstructions]({figure.name})", ""]
     lines += failure_lines(trials)
     lines.append(files_line(files))
-    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files)
+    where = f"{spec.title} ({budget_phrase(trials)})"
+    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files,
+                   findings=primary_findings(trials, effects, missing), findings_heading=where)

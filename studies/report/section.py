@@ -13,8 +13,10 @@ class Section:
     title: str
     markdown: str
     files: list[Path]
-    # Sentences for the findings at the top of REPORT.md, each with its number, interval and budget.
+    # Sentences for the findings at the top of REPORT.md, each with its number and interval, under
+    # `findings_heading` (the study, its data and its budget).
     findings: list[str] = field(default_factory=list)
+    findings_heading: str = ""
 
 
 def empty_section(spec: StudySpec) -> Section:

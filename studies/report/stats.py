@@ -1,15 +1,23 @@
-"""Statistics over seeds: summaries with t intervals, paired comparisons, and the seeds needed.
+"""Statistics over seeds: summaries with t intervals, paired comparisons, multiplicity and power.
 
 Every study trains each configuration once per seed, and the engine gives the same seed the same
 data order and augmentation stream, so two configurations are compared seed by seed (paired):
 the per-seed differences d_1..d_n are what is summarised. Reported for each comparison:
 - the mean difference and its 95% confidence interval from Student's t with n - 1 degrees of
-  freedom (the interval of a paired t-test);
+  freedom (the interval of a paired t-test), clipped to the range the quantity can take;
 - two p-values for "no difference": the paired t-test's, and the exact two-sided sign-flip
   permutation test's (all 2^n sign patterns of the differences; no normality assumed, but with
   n seeds it cannot go below 2 / 2^n, i.e. 0.25 with 3 seeds);
-- the seeds a paired t-test would need to resolve the observed difference (two-sided, 5% level,
-  80% power), from the observed mean and sd of the differences: the noncentral t power.
+- Holm's step-down adjustment of the paired t p-values over a study's declared primary
+  comparisons (statsmodels' `multipletests`), which bounds the chance of any false finding among
+  them at 5%;
+- power as what the data can and cannot say: the smallest true difference the current n
+  resolves with 80% power (two-sided paired t at 5%), and the seeds a difference of the observed
+  size would need, as a range over the 95% interval of the sd (the sd of 3 seeds is known only
+  to within a factor of about 0.5x-6.3x; plugging it in as if known overstates what we know).
+Power is the noncentral t's two tails, each as an upper tail (P(T < -c | nc) = P(T > c | -nc)):
+scipy's lower-tail cdf returns NaN for large noncentralities, which once turned a comparison that
+already had 99.9% power at n = 3 into "6 seeds".
 """
 from __future__ import annotations
 
@@ -18,11 +26,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
+from statsmodels.stats.multitest import multipletests
 
 CONFIDENCE = 0.95
+ALPHA = 1 - CONFIDENCE
 POWER = 0.8
 MAX_SEEDS_SEARCHED = 1000
+# Nothing is called resolved with fewer seeds: two points give an sd with one degree of freedom.
+MIN_SEEDS = 3
 # Beyond this many seeds the sign-flip test samples patterns instead of enumerating them.
 EXACT_SIGN_FLIP_MAX_N = 20
 SIGN_FLIP_SAMPLES = 200_000
@@ -39,7 +51,9 @@ class Summary:
     ci_high: float
 
 
-def summarize(values, confidence: float = CONFIDENCE) -> Summary:
+def summarize(values, confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> Summary:
+    """`bounds`: the range the quantity can take (e.g. 0-100 for an accuracy in %); the interval is
+    clipped to it (a t interval of values near a bound reaches past it)."""
     data = np.asarray(values, dtype=float)
     data = data[~np.isnan(data)]
     n = len(data)
@@ -50,7 +64,10 @@ def summarize(values, confidence: float = CONFIDENCE) -> Summary:
         return Summary(1, mean, math.nan, math.nan, math.nan)
     sd = float(data.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return Summary(n, mean, sd, mean - half, mean + half)
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Summary(n, mean, sd, low, high)
 
 
 def sign_flip_p(differences) -> float:
@@ -71,6 +88,56 @@ def sign_flip_p(differences) -> float:
     return float(np.mean(means >= observed * (1 - 1e-12) - 1e-15))
 
 
+def power(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided one-sample (paired) t-test at level `alpha` with n observations for a
+    true standardised difference `effect` (mean / sd)."""
+    if n < 2:
+        return math.nan
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    noncentrality = abs(effect) * math.sqrt(n)
+    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality))
+
+
+def seeds_needed(mean: float, sd: float, alpha: float = ALPHA, target: float = POWER) -> int | None:
+    """Smallest n (at least MIN_SEEDS) whose two-sided paired t-test at level alpha has the target
+    power for a true difference `mean` with per-seed sd `sd`. None when the mean is 0 or NaN, the
+    sd is not positive, or no n up to MAX_SEEDS_SEARCHED reaches it."""
+    if not (sd > 0) or not (abs(mean) > 0):
+        return None
+    effect = abs(mean) / sd
+    if power(effect, MAX_SEEDS_SEARCHED, alpha) < target:
+        return None
+    if power(effect, MIN_SEEDS, alpha) >= target:
+        return MIN_SEEDS
+    low, high = MIN_SEEDS, MAX_SEEDS_SEARCHED  # power(low) falls short of the target, power(high) reaches it
+    while high - low > 1:  # power grows with n
+        middle = (low + high) // 2
+        if power(effect, middle, alpha) >= target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def detectable_difference(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
+    """The smallest true difference (in the unit of `sd`) that n paired seeds resolve with the
+    target power, given the per-seed sd of the differences."""
+    if n < 2 or not (sd > 0):
+        return math.nan
+    effect = optimize.brentq(lambda d: power(d, n, alpha) - target, 1e-6, 1e3)
+    return float(effect * sd)
+
+
+def sd_interval(sd: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The 95% interval of a normal sample's sd from its sample sd (chi-square, n - 1 df)."""
+    if n < 2 or not (sd >= 0):
+        return math.nan, math.nan
+    df = n - 1
+    tail = (1 - confidence) / 2
+    return (sd * math.sqrt(df / stats.chi2.ppf(1 - tail, df)), sd * math.sqrt(df / stats.chi2.ppf(tail, df)))
+
+
 @dataclass(frozen=True)
 class Paired:
     """b - a over n paired seeds."""
@@ -82,43 +149,46 @@ class Paired:
     ci_high: float
     p_t: float
     p_sign_flip: float
-    seeds_needed: int | None  # None: not reached within MAX_SEEDS_SEARCHED, or no spread
+    # The smallest true difference this n resolves with 80% power, at the observed sd.
+    detectable: float
+    # Seeds for 80% power at the observed difference, at the low and high ends of the sd's 95%
+    # interval (None: not reached within MAX_SEEDS_SEARCHED, or no spread or no difference).
+    seeds_low: int | None
+    seeds_high: int | None
 
     @property
     def resolved(self) -> bool:
-        """The interval excludes 0."""
-        return bool(self.ci_low > 0 or self.ci_high < 0)
+        """The interval excludes 0, with at least MIN_SEEDS seeds (not adjusted for multiplicity)."""
+        return bool(self.n >= MIN_SEEDS and (self.ci_low > 0 or self.ci_high < 0))
 
 
-def seeds_needed(mean: float, sd: float, alpha: float = 1 - CONFIDENCE, power: float = POWER) -> int | None:
-    """Smallest n whose two-sided paired t-test at level alpha has the given power for a true
-    difference `mean` with per-seed sd `sd` (noncentral t). None when the sd is 0 or NaN, or
-    the mean is 0, or no n up to MAX_SEEDS_SEARCHED reaches it."""
-    if not (sd > 0) or mean == 0 or math.isnan(mean):
-        return None
-    effect = abs(mean) / sd
-    for n in range(2, MAX_SEEDS_SEARCHED + 1):
-        df = n - 1
-        critical = stats.t.ppf(1 - alpha / 2, df)
-        noncentrality = effect * math.sqrt(n)
-        achieved = stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
-        if achieved >= power:
-            return n
-    return None
-
-
-def paired(a, b, confidence: float = CONFIDENCE) -> Paired:
-    """Compare b against a, element i of each being the same seed."""
+def paired(a, b, confidence: float = CONFIDENCE, bounds: tuple[float, float] | None = None) -> Paired:
+    """Compare b against a, element i of each being the same seed; `bounds`: the range of the
+    difference (e.g. -100..100 for accuracies in %)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired samples differ in length: {a.shape} vs {b.shape}")
     d = b - a
-    summary = summarize(d, confidence)
+    summary = summarize(d, confidence, bounds)
     if summary.n < 2:
-        return Paired(summary.n, summary.mean, math.nan, math.nan, math.nan, math.nan, sign_flip_p(d), None)
+        return Paired(summary.n, summary.mean, math.nan, math.nan, math.nan, math.nan, sign_flip_p(d), math.nan,
+                      None, None)
     if summary.sd == 0:
         p_t = 1.0 if summary.mean == 0 else 0.0
     else:
         p_t = float(stats.ttest_1samp(d, 0.0).pvalue)
+    sd_low, sd_high = sd_interval(summary.sd, summary.n, confidence)
+    # A smaller sd needs fewer seeds: the low end of the range comes from the low end of the sd.
     return Paired(summary.n, summary.mean, summary.sd, summary.ci_low, summary.ci_high, p_t, sign_flip_p(d),
-                  seeds_needed(summary.mean, summary.sd))
+                  detectable_difference(summary.sd, summary.n), seeds_needed(summary.mean, sd_low),
+                  seeds_needed(summary.mean, sd_high))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p-values (NaN stays NaN and does not count towards the family)."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, math.nan)
+    present = ~np.isnan(p)
+    if present.any():
+        adjusted[present] = multipletests(p[present], alpha=ALPHA, method="holm")[1]
+    return adjusted

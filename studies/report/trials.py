@@ -65,6 +65,7 @@ def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
             **{f"nuisance_{k}": v for k, v in trial.user_attrs.get("nuisance", {}).items()},
             **metrics,
             "batch_size": config.get("batch_size"),
+            "split_seed": config.get("split_seed"),
             "learning_rate": config.get("lr"),
             "dtype": "bf16" if config.get("bf16") else "float32",
             "wall_seconds": trial.user_attrs.get("wall_seconds"),
@@ -101,9 +102,13 @@ def budget_lines(trials: StudyTrials) -> list[str]:
                       for model, values in sorted(profile.per_model.items()))
     lines = [
         f"- budget (profile `{trials.options.profile}`): {_values(frame, 'train_images')} training images, "
-        f"epochs {_values(frame, 'epochs')}, batch {_values(frame, 'batch_size')}, "
-        f"seeds {_values(frame, 'seed')} (n = {frame['seed'].nunique() if len(frame) else 0} per row), "
-        f"test images {_values(frame, 'test_images')}",
+        f"epochs {_values(frame, 'epochs')}, batch {_values(frame, 'batch_size')}, images seen "
+        f"{_values(frame, 'images_seen')}, seeds {_values(frame, 'seed')} "
+        f"(n = {frame['seed'].nunique() if len(frame) else 0} per row)",
+        f"- splits (class-stratified at random, split seed {_values(frame, 'split_seed')}): "
+        f"{_values(frame, 'train_images')} training and {_values(frame, 'val_images')} validation images, "
+        f"disjoint, from the training set; test images {_values(frame, 'test_images')}"
+        + (" (the whole test set)" if len(frame) and set(frame["test_images"]) == {10000} else ""),
         f"- fixed by the profile: {recipe or 'nothing'}; learning rate {_values(frame, 'learning_rate')}",
         f"- device {_values(frame, 'device')}, dtype {_values(frame, 'dtype')}, threads {_values(frame, 'threads')}, "
         f"torch {_values(frame, 'torch_version')}; "

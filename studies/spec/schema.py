@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt, Interval, MinLen
+from annotated_types import Ge, Gt, Interval, MaxLen, MinLen
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
 
 from studies.data.datasets import DATASETS
@@ -23,20 +23,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
 
 
-class Matching(Strict):
-    """Robustness compared at matched clean accuracy: validation is read every `check_every` steps,
-    once the training accuracy over the last steps is within `screen_margin` of `target_accuracy`
-    (free to compute; saves most evaluations). When a check reaches the target, the steps since the
-    previous check (their weights kept on the device) are validated oldest first, and the earliest
-    at the target is the match (`match = "first"`, as early stopping at a target does), or, with
-    `match = "nearest"`, whichever of it and the step just before it (below the target) reads
-    nearer the target: where one step moves the accuracy by a point, "first" overshoots by half a
-    step on average. The test set is read after the match."""
+Level = Annotated[float, Interval(gt=0, lt=1)]
 
-    target_accuracy: Fraction | None = None
-    check_every: Count = 20
-    screen_margin: Annotated[float, Interval(ge=0, le=1)] = 0.05
-    match: Literal["first", "nearest"] = "first"
+
+class Curves(Strict):
+    """Robustness as a curve, compared at equal clean accuracy. Every arm trains the profile's whole
+    budget; along the way, at checkpoints, the validation accuracy is read and, at the same weights,
+    the robustness measures (recorded, never looked at by the schedule). Checkpoints come every
+    `check_every` optimiser steps, and every `dense_every` steps while the last validation reading is
+    within `dense_margin` of one of the `levels`; the schedule sees validation readings only. At each
+    level (a validation accuracy) the report interpolates every seed's robustness-versus-validation
+    curve between the two checkpoints that bracket it (the first crossing), and compares the models
+    there, paired by seed. The clean test accuracy is measured at those bracketing checkpoints and
+    at the end of the budget."""
+
+    levels: Annotated[tuple[Level, ...], MinLen(1)]
+    check_every: Count = 100
+    dense_every: Count = 20
+    dense_margin: Annotated[float, Interval(ge=0, le=1)] = 0.02
+
+    @model_validator(mode="after")
+    def _increasing(self):
+        if any(b <= a for a, b in zip(self.levels, self.levels[1:])):
+            raise ValueError(f"levels must increase, got {list(self.levels)}")
+        if self.dense_every > self.check_every:
+            raise ValueError(f"dense_every {self.dense_every} exceeds check_every {self.check_every}")
+        return self
 
 
 class AffineRangesTable(Strict):
@@ -56,16 +68,17 @@ class NoSettings(Strict):
     pass
 
 
-class AffnistSettings(Matching):
+class AffnistSettings(Curves):
     # The generated set (used without the official files): ranges, copies per test digit, seed.
     ranges: AffineRangesTable = AffineRangesTable()
     copies: Count = 1
     generator_seed: Annotated[int, Ge(0)] = 0
-    # Robustness images tested (the first N); None: all.
+    # Robustness images tested: a class-stratified random subset of N (seeded by the profile's
+    # split_seed); None: all.
     affnist_size: Count | None = None
 
 
-class RotationSettings(Matching):
+class RotationSettings(Curves):
     angles: Annotated[tuple[Annotated[float, Interval(ge=-360, le=360)], ...], MinLen(1)] = tuple(range(-180, 181, 15))
     shifts: Annotated[tuple[Annotated[int, Interval(ge=-27, le=27)], ...], MinLen(1)] = tuple(range(-6, 7, 2))
 
@@ -88,12 +101,48 @@ KIND_SETTINGS: dict[str, type[Strict]] = {
     "throughput": NoSettings,
 }
 Kind = Literal[tuple(KIND_SETTINGS)]
+# What a study kind measures on every trial, by the trials table's column: what a primary
+# comparison may compare.
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "accuracy": ("test_error",),
+    "affnist": ("affnist_accuracy", "clean_accuracy"),
+    "rotation": ("rotation_auc", "translation_auc", "clean_accuracy"),
+    "multimnist": ("test_error", "digit_error"),
+    "throughput": (),
+}
 
 
 class ArmTable(Strict):
     model: str
     scientific: dict[str, Annotated[list[Any], MinLen(1)]] = {}
     fixed: dict[str, Any] = {}
+
+
+class PrimaryTable(Strict):
+    """A question the study exists to answer, declared before anything is trained: one scientific
+    parameter's two values within `model` (`compare = { routing_iters = [1, 3] }`), or two models
+    (`compare = { model = ["cnn_pool", "capsnet"] }`, the model at its defaults), the baseline
+    first, optionally `within` given values of other scientific parameters, on each of `metrics`.
+    The report lists every primary comparison among its findings, whatever its sign, with Holm's
+    adjustment over the study's primary family; every other comparison is exploratory."""
+
+    model: str | None = None
+    compare: dict[str, Annotated[list[Any], MinLen(2), MaxLen(2)]]
+    within: dict[str, Any] = {}
+    metrics: Annotated[list[str], MinLen(1)]
+
+    @model_validator(mode="after")
+    def _one_comparison(self):
+        if len(self.compare) != 1:
+            raise ValueError(f"compare names exactly one parameter (or model), got {sorted(self.compare)}")
+        (factor, values), = self.compare.items()
+        if repr(values[0]) == repr(values[1]):
+            raise ValueError(f"compare.{factor}: the two values are the same: {values}")
+        if factor == "model" and self.model is not None:
+            raise ValueError("compare.model compares two models: it takes no `model` key")
+        if factor != "model" and self.model is None:
+            raise ValueError(f"compare.{factor}: say which model's parameter it is (model = ...)")
+        return self
 
 
 class NuisanceTable(Strict):
@@ -121,8 +170,9 @@ class ProfileTable(BaseModel):
     models: Annotated[list[str], MinLen(1)] | None = None
     grid: dict[str, Annotated[list[Any], MinLen(1)]] = {}
     nuisance_trials: Annotated[int, Ge(0)] = 0
-    # Training parameters for one model's trials only, over the profile's own: a model that learns
-    # more slowly per image may get more epochs (e.g. per_model = { cnn_pool = { epochs = 2 } }).
+    # Training parameters for one model's trials only, over the profile's own (e.g. per_model =
+    # { cnn_pool = { eval_batch_size = 100 } }). One that changes the budget (epochs, train_size,
+    # batch_size) makes that model's comparisons "unequal budgets": reported, never a finding.
     per_model: dict[str, dict[str, Any]] = {}
     # One model's values of scientific parameters, in place of `grid`'s for that model (e.g. model_grid
     # = { cnn_pool = { augmentation = ["shift2"] } } keeps the augmentation comparison for CapsNet only).
@@ -153,6 +203,7 @@ class SpecFile(Strict):
     fixed: dict[str, Any] = {}
     arms: list[ArmTable] = []
     nuisance: dict[str, NuisanceTable] = {}
+    primary: list[PrimaryTable] = []
     profiles: Annotated[dict[ProfileName, ProfileTable], MinLen(1)]
     settings: dict[str, Any] = {}
 

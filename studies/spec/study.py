@@ -42,6 +42,8 @@ TRAIN_KEYS = tuple(
 )
 # A profile may ask for bf16 wherever the device has it (CUDA, or a CPU with AMX or AVX512-BF16).
 BF16_AUTO = "auto"
+# The smallest test or robustness subset a reported profile may use (a stratified random one).
+MIN_SUBSET = 1000
 
 
 class SpecError(ValueError):
@@ -65,6 +67,26 @@ class Nuisance:
     low: float
     high: float
     log: bool = False
+
+
+@dataclass(frozen=True)
+class Primary:
+    """A declared primary comparison (schema.PrimaryTable): `level` minus `baseline` of `factor`
+    ("model" for two models) within `model`, where the other scientific parameters take `within`'s
+    values, on each of `metrics`."""
+
+    factor: str
+    baseline: Any
+    level: Any
+    metrics: tuple[str, ...]
+    model: str | None = None
+    within: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        if self.factor == "model":
+            return f"{self.level} − {self.baseline}"
+        return f"{self.model}: {self.factor} {self.level} − {self.baseline}"
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,8 @@ class StudySpec:
     source: str
     # The datasets on which the study's question makes sense (None: all).
     datasets: tuple[str, ...] | None = None
+    # The comparisons the study exists to answer (its findings), in the spec's order.
+    primary: tuple[Primary, ...] = ()
 
     def profile(self, name: str) -> Profile:
         if name not in self.profiles:
@@ -239,6 +263,7 @@ def parse_spec(data: dict, source: str) -> StudySpec:
         profiles=profiles,
         source=source,
         datasets=tuple(table.datasets) if table.datasets else None,
+        primary=tuple(checker.primary(entry, index, table.kind, arms) for index, entry in enumerate(table.primary)),
     )
     if not spec.supports(spec.dataset):
         raise SpecError(f"{source}: dataset {spec.dataset!r} is not among the study's datasets {list(spec.datasets)}")
@@ -325,6 +350,38 @@ class _Checker:
             for model in owners or [arm.model for arm in arms][:1] or ["capsnet"]:
                 self.value(model, key, value, "fixed")
 
+    def primary(self, table: schema.PrimaryTable, index: int, kind: str, arms: tuple[Arm, ...]) -> Primary:
+        where = f"primary[{index}]"
+        (factor, (baseline, level)), = table.compare.items()
+        for metric in table.metrics:
+            if metric not in schema.KIND_METRICS[kind]:
+                self.fail(f"{where}.metrics", f"{metric!r} is not measured by a {kind!r} study; "
+                                              f"valid: {', '.join(schema.KIND_METRICS[kind]) or 'none'}")
+        if factor == "model":
+            involved = [baseline, level]
+            for model in involved:
+                if not any(arm.model == model for arm in arms):
+                    self.fail(f"{where}.compare", f"model {model!r} has no [[arms]] entry")
+        else:
+            involved = [table.model]
+            if not any(arm.model == table.model for arm in arms):
+                self.fail(f"{where}.model", f"{table.model!r} has no [[arms]] entry")
+            listed = [v for arm in arms if arm.model == table.model for v in arm.scientific.get(factor, ())]
+            if not listed:
+                self.fail(f"{where}.compare", f"{factor!r} is not a scientific parameter of {table.model!r}")
+            for value in (baseline, level):
+                self.value(table.model, factor, value, f"{where}.compare")
+                if not any(value == v for v in listed):
+                    self.fail(f"{where}.compare", f"{factor} = {value!r} is not among the values the arms of "
+                                                  f"{table.model!r} list: {listed}")
+        for key, value in table.within.items():
+            owners = [m for m in involved if any(key in arm.scientific for arm in arms if arm.model == m)]
+            if not owners:
+                self.fail(f"{where}.within", f"{key!r} is not a scientific parameter of {', '.join(involved)}")
+            for model in owners:
+                self.value(model, key, value, f"{where}.within")
+        return Primary(factor, baseline, level, tuple(table.metrics), table.model, dict(table.within))
+
     def nuisance(self, name: str, bounds: schema.NuisanceTable) -> Nuisance:
         if name not in TRAIN_KEYS:
             self.fail(f"nuisance.{name}", "only training parameters can be nuisance parameters")
@@ -351,9 +408,27 @@ class _Checker:
             if not arms:
                 self.fail(f"{where}.model_grid", f"{model!r} has no [[arms]] entry")
             self.grid(grid, arms, f"{where}.model_grid.{model}")
+        self.sizes(profile, spec, where)
         if spec.nuisance and profile.nuisance_trials and not all(
                 {**profile.recipe, **profile.per_model.get(arm.model, {})}.get("val_size") for arm in spec.arms):
             self.fail(where, "tuning nuisance parameters needs val_size > 0")
+
+    def sizes(self, profile: Profile, spec: StudySpec, where: str) -> None:
+        """Profiles whose results are reported (all but smoke, the tests' own) test an accuracy study
+        on the full test set, and robustness studies on at least MIN_SUBSET images."""
+        if profile.name == "smoke":
+            return
+        recipes = [profile.recipe, *profile.per_model.values()]
+        for recipe in recipes:
+            size = recipe.get("test_size")
+            if size is not None and spec.kind in ("accuracy", "multimnist"):
+                self.fail(where, f"test_size {size}: a {spec.kind!r} study is tested on the whole test set")
+            if size is not None and size < MIN_SUBSET:
+                self.fail(where, f"test_size {size}: a test subset has at least {MIN_SUBSET} images")
+        robustness = getattr(profile.settings, "affnist_size", None)
+        if robustness is not None and robustness < MIN_SUBSET:
+            self.fail(f"{where}.extra", f"affnist_size {robustness}: a robustness subset has at least "
+                                        f"{MIN_SUBSET} images")
 
     def grid(self, grid: dict[str, tuple[Any, ...]], arms: list[Arm], where: str) -> None:
         """Values of scientific parameters (grid, model_grid): each key varied by one of `arms`, each value valid."""

@@ -48,13 +48,16 @@ class TrainConfig:
     # 0 keeps the native size.
     canvas: Literal[0] | Annotated[int, Ge(28)] = 0
     epochs: Count = 1
-    # The first `train_size` training images (None: all but the validation hold-out).
+    # Training, validation and test images are seeded class-stratified random subsets
+    # (studies/data/subsets.py), the same for every trial of a `split_seed`: `train_size` of the
+    # training images left after the validation split (None: all of them) ...
     train_size: Count | None = None
-    # Held out from the END of the training set: per-epoch validation accuracy, and the split on
-    # which studies that match clean accuracy pick their checkpoint (never the test set).
+    # ... `val_size` held out from the training images, disjoint from the training split: the
+    # per-epoch validation accuracy, and the only split on which a study chooses anything ...
     val_size: Annotated[int, Ge(0)] = 0
-    # The first `test_size` test images (None: the whole test set).
+    # ... and `test_size` of the test images (None: the whole test set).
     test_size: Count | None = None
+    split_seed: Annotated[int, Ge(0)] = 0
     batch_size: Count = 128
     lr: Annotated[float, Gt(0)] = 1e-3
     # Exponential decay per step, lr * decay ** (step / decay_steps), not staircase.

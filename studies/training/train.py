@@ -17,6 +17,7 @@ from models.multimnist import pair_correct, predict_pair
 from studies.data import datasets
 from studies.data.augment import parse_augmentation
 from studies.data.expanded import expanded_test_set, place_on_canvas
+from studies.data.subsets import train_val_test_indices
 from studies.training import stop
 from studies.training.config import TrainConfig
 from studies.training.devices import (
@@ -60,6 +61,9 @@ class TrainResult:
     # Images the model trained on (epochs x train_images, less where training stopped early).
     images_seen: int
     device: str
+    val_images: int = 0
+    # At the end of the last epoch (None without a validation split, or where a StepCheck read it).
+    val_accuracy: float | None = None
     torch_version: str = field(default_factory=lambda: torch.__version__)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,28 +98,30 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_splits(config: TrainConfig, device: torch.device) -> tuple[Split, Split | None, Split]:
-    """Train, validation (or None) and test splits, moved to the device once."""
+    """Train, validation (or None) and test splits, moved to the device once: seeded class-stratified
+    random subsets (studies/data/subsets.py), training and validation disjoint, never a fixed block."""
     train_images, train_labels = datasets.load(config.dataset, "train", config.data_root)
     test_images, test_labels = datasets.load(config.dataset, "test", config.data_root)
     total = train_labels.shape[0]
     available = total - config.val_size
-    train_size = config.train_size or available
-    if train_size > available:
+    if (config.train_size or 0) > available or available < 1:
         raise ConfigError(
-            f"train_size {train_size} + val_size {config.val_size} exceed the {total} training images"
+            f"train_size {config.train_size} + val_size {config.val_size} exceed the {total} training images"
         )
     if config.test_size and config.test_size > test_labels.shape[0]:
         raise ConfigError(f"test_size {config.test_size} exceeds the {test_labels.shape[0]} test images")
+    train_index, val_index, test_index = train_val_test_indices(
+        train_labels, test_labels, config.train_size, config.val_size, config.test_size, config.split_seed)
 
-    def split(images, labels, part: slice, expand: bool = False) -> Split:
-        images = images[part]
+    def split(images, labels, index: torch.Tensor, expand: bool = False) -> Split:
+        images = images[index]
         if expand and config.canvas:
             images = expanded_test_set(images, EXPANDED_EVAL_SEED, config.canvas)
-        return Split(images.unsqueeze(1).to(device), labels[part].to(device))
+        return Split(images.unsqueeze(1).to(device), labels[index].to(device))
 
-    train = split(train_images, train_labels, slice(0, train_size))
-    val = split(train_images, train_labels, slice(total - config.val_size, total), True) if config.val_size else None
-    test = split(test_images, test_labels, slice(0, config.test_size), True)
+    train = split(train_images, train_labels, train_index)
+    val = split(train_images, train_labels, val_index, True) if config.val_size else None
+    test = split(test_images, test_labels, test_index, True)
     return train, val, test
 
 
@@ -183,7 +189,7 @@ def load_checkpoint(path: Path | None, config: TrainConfig, device: torch.device
 
 @dataclass
 class Progress:
-    """What a StepCheck sees every `every` optimiser steps."""
+    """What a StepCheck sees after a step it said was due."""
 
     epoch: int
     step: int  # optimiser steps so far, over all epochs
@@ -193,15 +199,12 @@ class Progress:
 
 
 class StepCheck(Protocol):
-    """Called every `every` steps (and at the end of every epoch); may raise StopTraining.
-    `after_step` runs after every optimiser step and must not wait for the device (no `.item()`):
-    it may keep device-side copies of the weights, for instance. `state_dict` is saved with every
-    epoch's checkpoint and handed back to `load_state_dict` on a resume, so a resumed run checks as
-    the uninterrupted one would have."""
+    """Called after an optimiser step for which `due(step)` is true, and at the end of every
+    epoch; may raise StopTraining. `due` runs after every step and must not wait for the device (no
+    `.item()`). `state_dict` is saved with every epoch's checkpoint and handed back to
+    `load_state_dict` on a resume, so a resumed run checks as the uninterrupted one would have."""
 
-    every: int
-
-    def after_step(self, step: int, images: int, model: torch.nn.Module) -> None: ...
+    def due(self, step: int) -> bool: ...
 
     def __call__(self, progress: Progress) -> None: ...
 
@@ -260,8 +263,8 @@ def train(
     check: StepCheck | None = None,
 ) -> TrainResult:
     """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
-    raise StopTraining to end early, or anything else to abort (e.g. to prune). `check` runs every
-    `check.every` steps and may raise StopTraining too (the test split is evaluated only after
+    raise StopTraining to end early, or anything else to abort (e.g. to prune). `check` runs after
+    the steps it says are due and may raise StopTraining too (the test split is evaluated only after
     training has stopped). `model` replaces the freshly built one and is trained in place (callers
     keep a handle on it). With `checkpoint`, the full training state is saved after every epoch,
     and a run of the same configuration resumes from it: the same result as an uninterrupted run.
@@ -359,9 +362,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             if (step + 1) % FINITE_CHECK_EVERY == 0 or last:
                 _raise_if_diverged(first_bad_step, epoch, loss_sum)
             global_step = (epoch - 1) * steps_per_epoch + step + 1
-            if check is not None:
-                check.after_step(global_step, images_seen, model)
-            if check is not None and (global_step % check.every == 0 or last):
+            if check is not None and (check.due(global_step) or last):
                 _raise_if_diverged(first_bad_step, epoch, loss_sum)
                 progress = Progress(epoch, global_step, images_seen, interval_correct.item() / interval_seen, model)
                 interval_correct.zero_()
@@ -385,7 +386,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
         if stopped:
             history.append(record)
             break
-        if val_split is not None:
+        if val_split is not None and check is None:  # a StepCheck reads validation itself, when it chooses
             record["val_accuracy"] = evaluate(model, val_split, config.eval_batch_size, bf16=config.bf16)
         history.append(record)
         if on_epoch is not None:
@@ -415,4 +416,6 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
         images_seen=images_seen,
         test_images=len(test_split),
         device=device_name(device),
+        val_images=len(val_split) if val_split is not None else 0,
+        val_accuracy=history[-1].get("val_accuracy") if history else None,
     )
