@@ -27,6 +27,8 @@ def test_a_level_is_bracketed_by_its_first_crossing():
     assert first_crossing(readings, 0.85) == 1  # reaching the level exactly counts
     assert first_crossing(readings, 0.95) is None  # never reached
     assert first_crossing(readings, 0.4) is None  # above it from the first checkpoint: nothing brackets it
+    # At or above from the first reading, a dip and a second rise do not make a crossing.
+    assert first_crossing([0.81, 0.79, 0.82], 0.8) is None
     assert first_crossing([], 0.5) is None and first_crossing([0.6], 0.5) is None
 
 
@@ -73,7 +75,7 @@ def drive(recorder, steps, model=None):
         with torch.no_grad():
             model.step.fill_(step)
         if recorder.due(step) or step == steps:
-            recorder(Progress(1, step, 64 * step, 1.0, model))
+            recorder(Progress(1, step, 64 * step, model))
     return model
 
 
@@ -117,6 +119,29 @@ def test_checkpoint_choices_receive_validation_readings_only(monkeypatch):
     validation = {row["val_accuracy"] for row in recorder.rows}
     assert seen and set(seen) <= validation
     assert {row["robustness"] for row in recorder.rows} == {9.0}
+
+
+def test_the_untrained_model_is_measured_only_when_a_level_is_crossed_right_after_it(monkeypatch):
+    log = scripted(monkeypatch, lambda name, step: {"val": 0.1 if step == 0 else 0.6, "test": 0.55}[name])
+    measured = []
+
+    def measure(model):
+        measured.append(int(model.step.item()))
+        return {"robustness": 0.3}
+
+    for level, crossed in ((0.5, True), (0.05, False)):
+        measured.clear()
+        schedule = Schedule(levels=(level,), check_every=10, dense_every=10, dense_margin=0.0)
+        recorder = CurveRecorder(schedule, Named("val"), measure, Named("test"), 1, False)
+        recorder.start(StepStamp())  # step 0
+        drive(recorder, 20)
+        first = recorder.rows[0]
+        assert first["step"] == 0 and first["val_accuracy"] == 0.1
+        if crossed:  # bracketed by (0, 10): the step-0 weights are measured and tested after all
+            assert measured == [10, 0, 20] and first["robustness"] == 0.3 and first["test_accuracy"] == 0.55
+        else:  # 0.05 is below the untrained model's reading: nothing brackets it, nothing more is read
+            assert measured == [10, 20] and "robustness" not in first and first["test_accuracy"] is None
+    assert ("test", 0) in log
 
 
 def test_the_recorders_state_survives_torch_save(monkeypatch):

@@ -38,8 +38,9 @@ def test_affnist_study_writes_curves_levels_and_the_generated_sets_name(robustne
     curves = pd.read_csv(robustness / "affnist-curves.csv")
     for column in ["seed", "model", "step", "images", "val_accuracy", "test_accuracy", "affnist_accuracy"]:
         assert column in curves, column
-    # smoke: 2 epochs of 2 steps, a checkpoint at the end of each
-    assert sorted(curves["step"].unique()) == [2, 4] and curves["affnist_accuracy"].notna().all()
+    # smoke: the untrained model, then 2 epochs of 2 steps, a checkpoint at the end of each
+    assert sorted(curves["step"].unique()) == [0, 2, 4]
+    assert curves[curves["step"] > 0]["affnist_accuracy"].notna().all()
     levels = pd.read_csv(robustness / "affnist-levels.csv")
     assert set(levels["level"]) == {0.1, 0.2} and len(levels) == 2 * 2
     assert (robustness / "affnist-curves.png").stat().st_size > 0
@@ -59,11 +60,16 @@ def test_rotation_study_writes_curves_and_long_form_sweeps(robustness):
     for column in ["seed", "model", "augmentation", "step", "val_accuracy", "test_accuracy", "rotation_auc",
                    "translation_auc"]:
         assert column in curves, column
-    assert curves["test_accuracy"].notna().all()  # the sweep's unchanged point, at every checkpoint
+    trained = curves[curves["step"] > 0]
+    assert trained["test_accuracy"].notna().all()  # the sweep's unchanged point, at every checkpoint
     sweep = pd.read_csv(robustness / "rotation-sweep.csv")
     assert list(sweep.columns) == ["model", "seed", "augmentation", "step", "transform", "amount", "accuracy"]
-    # smoke: 2 trials x 2 checkpoints x (3 angles + 3 shifts)
-    assert len(sweep) == 2 * 2 * 6
+    # smoke: 2 trials x 2 checkpoints after a step x (3 angles + 3 shifts), and the untrained model
+    # where a level was crossed right after it
+    swept = sweep[sweep["step"] > 0]
+    assert len(swept) == 2 * 2 * 6
+    measured_at_start = curves[(curves["step"] == 0) & curves["rotation_auc"].notna()]
+    assert len(sweep[sweep["step"] == 0]) == 6 * len(measured_at_start)
     assert sorted(sweep[sweep["transform"] == "rotation"]["amount"].unique()) == [-90, 0, 90]
     # The unchanged point of both sweeps is one evaluation: the clean test accuracy.
     zero = sweep[sweep["amount"] == 0].pivot_table(index=["model", "step"], columns="transform", values="accuracy")
@@ -149,7 +155,7 @@ def test_checkpoint_choices_in_an_affnist_trial_see_validation_readings_only(mon
     monkeypatch.setattr(tasks, "load_splits", spy_load)
     outcome = tasks.affnist_task(spec, profile, config, tasks.TrainHooks())
     assert seen and set(seen) <= set(validation)
-    assert all(row["affnist_accuracy"] >= 10.0 for row in outcome.rows)  # the shifted ones were measured too
+    assert all(row["affnist_accuracy"] >= 10.0 for row in outcome.rows if row["step"] > 0)  # shifted, and measured
 
 
 def test_a_study_on_a_dataset_it_does_not_support_is_one_line(tmp_path, run_cli):

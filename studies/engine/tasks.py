@@ -103,7 +103,9 @@ def curve_training(settings: Curves, config: TrainConfig, hooks: TrainHooks, spl
         raise ConfigError("a robustness curve needs a validation split (val_size > 0)")
     schedule = Schedule(settings.levels, settings.check_every, settings.dense_every, settings.dense_margin)
     recorder = CurveRecorder(schedule, splits[1], measure, splits[2], config.eval_batch_size, config.bf16)
-    model = build_model(config)
+    model = build_model(config).to(resolve_device(config.device))
+    # The untrained model, read on validation (no randomness); a resumed run's state replaces it.
+    recorder.start(model)
     result = train(config, None, model, hooks.checkpoint, splits, check=recorder)
     rows = recorder.rows
     if rows[-1]["test_accuracy"] is None:

@@ -320,7 +320,7 @@ def sweep_at_level(trials: StudyTrials, curves: pd.DataFrame, sweep: pd.DataFram
         else:
             steps = curves[curves["trial"] == trial].sort_values("step")
             by_step = dict(zip(group["step"], group["accuracy"]))
-            accuracy = interpolate(readings[trial], [by_step[s] for s in steps["step"]], level)
+            accuracy = interpolate(readings[trial], [by_step.get(s) for s in steps["step"]], level)
         rows.append({**group.iloc[0][[c for c in group.columns if c not in ("step", "accuracy")]].to_dict(),
                      "accuracy": accuracy})
     return pd.DataFrame(rows), level

@@ -43,7 +43,10 @@ class Schedule:
 def first_crossing(readings: Sequence[float], level: float) -> int | None:
     """The index i of the first checkpoint whose validation reading reaches `level` right after
     one below it (readings[i - 1] < level <= readings[i]): the pair (i - 1, i) brackets the level.
-    None when no such pair exists (never reached, or already above it at the first checkpoint)."""
+    None when no such pair exists: never reached, or at or above it from the first reading (the
+    untrained model's, so a level at or below chance)."""
+    if not readings or readings[0] >= level:
+        return None
     for i in range(1, len(readings)):
         if readings[i - 1] < level <= readings[i]:
             return i
@@ -70,7 +73,9 @@ class CurveRecorder:
     """A StepCheck that records one row per checkpoint: step, images seen, the validation accuracy,
     whatever `measure` returns at the same weights, and the clean test accuracy where a level was
     first crossed (at both bracketing checkpoints; the previous checkpoint's weights are kept for
-    that) unless `measure` gives it everywhere. It never stops training: every arm trains the
+    that) unless `measure` gives it everywhere. The untrained model is the first checkpoint
+    (`start`), read on validation only and measured only if a level is crossed right after it, so
+    every level the curve reaches is bracketed. It never stops training: every arm trains the
     whole budget."""
 
     def __init__(self, schedule: Schedule, val: Split, measure: Measure, test: Split, eval_batch_size: int,
@@ -87,21 +92,31 @@ class CurveRecorder:
     def _evaluate(self, model: torch.nn.Module, split: Split) -> float:
         return evaluate(model, split, self.eval_batch_size, bf16=self.bf16)
 
+    def start(self, model: torch.nn.Module) -> None:
+        """Step 0: the untrained model's validation reading (its measures wait for a crossing)."""
+        self.rows = [{"step": 0, "images": 0, "epoch": 0, "val_accuracy": self._evaluate(model, self.val),
+                      "test_accuracy": None, "measured": False}]
+        self._keep(model)
+
     def __call__(self, progress: Progress) -> None:
         model = progress.model
         readings = [row["val_accuracy"] for row in self.rows]
         val_accuracy = self._evaluate(model, self.val)
         row = {"step": progress.step, "images": progress.images, "epoch": progress.epoch,
-               "val_accuracy": val_accuracy, "test_accuracy": None, **self.measure(model)}
+               "val_accuracy": val_accuracy, "test_accuracy": None, "measured": True, **self.measure(model)}
         crossed = [level for level in self.schedule.levels
                    if first_crossing(readings + [val_accuracy], level) == len(readings)]
-        if crossed and row["test_accuracy"] is None:
-            row["test_accuracy"] = self._evaluate(model, self.test)
+        if crossed:
+            if row["test_accuracy"] is None:
+                row["test_accuracy"] = self._evaluate(model, self.test)
             previous = self.rows[-1]
-            if previous["test_accuracy"] is None:
+            if previous["test_accuracy"] is None or not previous["measured"]:
                 current = {name: value.clone() for name, value in model.state_dict().items()}
                 model.load_state_dict(self.previous_weights)
-                previous["test_accuracy"] = self._evaluate(model, self.test)
+                if not previous["measured"]:
+                    previous.update(self.measure(model), measured=True)
+                if previous["test_accuracy"] is None:
+                    previous["test_accuracy"] = self._evaluate(model, self.test)
                 model.load_state_dict(current)
         self.rows.append(row)
         self._keep(model)

@@ -36,7 +36,7 @@ EXPANDED_EVAL_SEED = 1234
 
 
 class StopTraining(Exception):
-    """Raised by an epoch callback to end training early (e.g. a target accuracy reached)."""
+    """Raised by an epoch callback or a StepCheck to end training early (early stopping)."""
 
 
 class Diverged(RuntimeError):
@@ -194,7 +194,6 @@ class Progress:
     epoch: int
     step: int  # optimiser steps so far, over all epochs
     images: int  # training images seen so far
-    train_accuracy: float  # on the training batches since the previous check (augmented, train mode)
     model: torch.nn.Module
 
 
@@ -264,8 +263,8 @@ def train(
 ) -> TrainResult:
     """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
     raise StopTraining to end early, or anything else to abort (e.g. to prune). `check` runs after
-    the steps it says are due and may raise StopTraining too (the test split is evaluated only after
-    training has stopped). `model` replaces the freshly built one and is trained in place (callers
+    the steps it says are due and may raise StopTraining too. Here the test split is evaluated once,
+    after training has stopped (a check may read it, never to choose anything). `model` replaces the freshly built one and is trained in place (callers
     keep a handle on it). With `checkpoint`, the full training state is saved after every epoch,
     and a run of the same configuration resumes from it: the same result as an uninterrupted run.
     `splits`, as `load_splits` returns them, spares a caller that needs them too a second load."""
@@ -320,8 +319,6 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
         correct = torch.zeros((), dtype=torch.long, device=device)
         # Device-side bookkeeping, read on the host every few steps only.
         first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-        interval_correct = torch.zeros((), dtype=torch.long, device=device)
-        interval_seen = 0
         epoch_seen = 0
         bar = tqdm(
             range(steps_per_epoch),
@@ -351,11 +348,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             detached = loss.detach()
             bad = ~torch.isfinite(detached) & (first_bad_step < 0)
             first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
-            right = hits(scores.detach(), labels)
             loss_sum += detached * labels.shape[0]
-            correct += right
-            interval_correct += right
-            interval_seen += labels.shape[0]
+            correct += hits(scores.detach(), labels)
             epoch_seen += labels.shape[0]
             images_seen += labels.shape[0]
             last = step == steps_per_epoch - 1
@@ -364,9 +358,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             global_step = (epoch - 1) * steps_per_epoch + step + 1
             if check is not None and (check.due(global_step) or last):
                 _raise_if_diverged(first_bad_step, epoch, loss_sum)
-                progress = Progress(epoch, global_step, images_seen, interval_correct.item() / interval_seen, model)
-                interval_correct.zero_()
-                interval_seen = 0
+                progress = Progress(epoch, global_step, images_seen, model)
                 try:
                     check(progress)
                 except StopTraining:
