@@ -47,7 +47,8 @@ class CapsNetConfig:
     m_plus: Annotated[float, Interval(gt=0, le=1)] = 0.9
     m_minus: Annotated[float, Interval(ge=0, lt=1)] = 0.1
     margin_lambda: Annotated[float, Ge(0)] = 0.5
-    # With softmax over parents, W must start small for routing to train (REFERENCES.md 4).
+    # With the softmax over parents (the paper's axis), W must start small (0.01 x randn) for
+    # routing to train.
     weight_init_std: Annotated[float, Gt(0)] = 0.01
     # How the PrimaryCaps convolution is computed; not a model choice: all give the same
     # function up to float rounding. "direct": nn.Conv2d (oneDNN, cuDNN). "dft": through a small

@@ -54,7 +54,7 @@ def test_rows_cover_every_model_batch_and_mode(smoke_rows):
         assert row["device"] == "cpu" and row["dtype"] == "fp32" and row["compile"] is False
     capsnet = next(r for r in smoke_rows if r["model"] == "capsnet" and r["mode"] == "train")
     assert capsnet["params"] == 8_215_568 and capsnet["routing_iters"] == 3
-    # About 1.2 GFLOP per training image (REFERENCES.md 5); inference is the forward third.
+    # About 1.2 GFLOP per training image; inference is the forward third.
     assert 1.1e9 < capsnet["flops_per_image"] < 1.3e9
     assert capsnet["peak_memory_mb"] > 0 and capsnet["memory_kind"].startswith("process")
     assert capsnet["achieved_gflop_per_s"] == pytest.approx(capsnet["flops_per_image"] * capsnet["images_per_s"] / 1e9)

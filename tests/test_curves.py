@@ -219,3 +219,35 @@ def test_a_resumed_run_gets_its_checks_state_back(tmp_path):
     train(config, checkpoint=checkpoint, check=resumed, splits=synthetic_splits())
     # Epoch 1 (10 steps): checks at 3, 6, 9 and its last step; the resumed run counts on from there.
     assert resumed.loaded == {"calls": 4} and resumed.calls == straight.calls == 8
+
+
+def test_a_curve_resumed_after_a_crash_records_what_the_uninterrupted_one_does(tmp_path):
+    """Real training of a tiny CNN for 3 epochs with a curve and its checkpoint; a crash in epoch 2
+    and a resume give the same rows (readings, measures, crossings, test accuracies)."""
+    config = TrainConfig(model="cnn_pool", model_options=TINY_CNN, epochs=3, batch_size=4, device="cpu",
+                         progress=False)
+    splits = synthetic_splits()
+    schedule = Schedule(levels=(0.1, 0.12), check_every=4, dense_every=2, dense_margin=0.05)
+
+    def recorder():
+        return CurveRecorder(schedule, splits[1], lambda model: {"robustness": round(
+            float(next(model.parameters()).detach().double().sum()), 12)}, splits[2], 8, False)
+
+    def run(check, on_epoch=None, checkpoint=None):
+        model = build_model(config)
+        check.start(model)
+        return train(config, on_epoch, model, checkpoint, splits, check=check)
+
+    straight = recorder()
+    run(straight)
+
+    def crash_in_epoch_2(record, model):
+        if record["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(recorder(), crash_in_epoch_2, checkpoint)
+    resumed = recorder()
+    run(resumed, checkpoint=checkpoint)
+    assert resumed.rows == straight.rows and len(straight.rows) > 5

@@ -19,7 +19,7 @@ def test_unknown_option_lists_valid_options():
 
 
 def test_cnn_parameter_counts():
-    # Paper: 35.4M for its baseline; REFERENCES.md measured 4.59M for the pooled variant.
+    # Paper: 35.4M for its baseline; the pooled variant has 4.59M.
     assert sum(p.numel() for p in models.create("cnn_paper").parameters()) == 35_445_522
     assert sum(p.numel() for p in models.create("cnn_pool").parameters()) == 4_587_282
     assert sum(p.numel() for p in models.create("cnn_pool", pool=False).parameters()) == 35_445_522

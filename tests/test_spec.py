@@ -167,6 +167,8 @@ def test_primary_comparisons_are_declared_and_checked():
          "compare names exactly one parameter"),
         ({"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "within": {"augmentation": "flip"},
           "metrics": ["test_error"]}, "primary[0].within"),
+        ({"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "within": {"routing_iters": 1},
+          "metrics": ["test_error"]}, "'routing_iters' is not another scientific parameter"),
     ]:
         with pytest.raises(SpecError) as error:
             parse_spec(base(primary=[entry]), "bad.toml")
@@ -198,3 +200,40 @@ def test_the_builtin_quick_profiles_give_every_arm_one_budget():
         assert spec.primary, name
     ablation = load_spec("ablation")
     assert {ablation.train_config(p, "quick", device="cpu").test_size for p in ablation.points("quick")} == {None}
+
+
+def test_a_primary_comparison_must_have_exactly_one_answer():
+    arms = [{"model": "capsnet", "scientific": {"routing_iters": [1, 3], "recon_weight": [0.0, 0.0005],
+                                                "augmentation": ["none", "shift2"]}},
+            {"model": "cnn_pool", "scientific": {"augmentation": ["none", "shift2"]}}]
+    good = [
+        {"compare": {"model": ["cnn_pool", "capsnet"]}, "within": {"augmentation": "shift2"}, "metrics": ["test_error"]},
+        {"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "metrics": ["test_error"]},  # main effect
+        {"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "within": {"recon_weight": 0.0005,
+                                                                              "augmentation": "none"},
+         "metrics": ["test_error"]},
+    ]
+    assert len(parse_spec(base(arms=arms, primary=good), "t.toml").primary) == 3
+    for entry, fragment in [
+        # the CNN's two augmentations are two rows unless `within` picks one
+        ({"compare": {"model": ["cnn_pool", "capsnet"]}, "metrics": ["test_error"]}, "also name augmentation"),
+        # a stratum named in part leaves several rows
+        ({"model": "capsnet", "compare": {"routing_iters": [1, 3]}, "within": {"augmentation": "none"},
+          "metrics": ["test_error"]}, "also name recon_weight"),
+        # the capsule model comes second, at its defaults
+        ({"compare": {"model": ["capsnet", "cnn_pool"]}, "within": {"augmentation": "none"},
+          "metrics": ["test_error"]}, "sets a capsule model"),
+        # CapsNet's own options are held at its defaults in a comparison of models
+        ({"compare": {"model": ["cnn_pool", "capsnet"]}, "within": {"augmentation": "none", "routing_iters": 1},
+          "metrics": ["test_error"]}, "'routing_iters' is not a scientific parameter of both"),
+    ]:
+        with pytest.raises(SpecError) as error:
+            parse_spec(base(arms=arms, primary=[entry]), "bad.toml")
+        assert fragment in str(error.value), str(error.value)
+
+
+def test_a_fixed_test_size_cannot_slip_past_the_whole_test_set_rule():
+    data = base(fixed={"test_size": 2000})
+    data["profiles"]["quick"] = {"seeds": [0]}
+    with pytest.raises(SpecError, match="a 'accuracy' study is tested on the whole test set"):
+        parse_spec(data, "bad.toml")

@@ -92,16 +92,22 @@ def test_seeds_needed_reaches_the_power_by_noncentral_t():
 
 
 def test_a_large_effect_at_three_seeds_is_already_powered():
-    """The committed CapsNet-vs-cnn_pool row of an earlier run: mean 0.353, sd 0.0503 at n = 3.
-    statsmodels' power is NaN there (scipy's noncentral t lower tail); ours is the two upper tails."""
+    """A large effect at n = 3 (mean 0.353, sd 0.0503: 7 sd). statsmodels' power is NaN there
+    (scipy's noncentral t lower tail); ours is the two upper tails."""
     effect = 0.353 / 0.0503
     assert math.isnan(TTestPower().power(effect_size=effect, nobs=3, alpha=0.05))
     upper = scipy_stats.nct.sf(scipy_stats.t.ppf(0.975, 2), 2, effect * math.sqrt(3))
     assert stats.power(effect, 3) == pytest.approx(upper, abs=1e-9) and stats.power(effect, 3) > 0.999
-    assert stats.seeds_needed(0.353, 0.0503) == 3  # not 6, as a NaN once made it
+    assert stats.seeds_needed(0.353, 0.0503) == 3
     # The smallest difference 3 seeds resolve with 80% power at this sd, against statsmodels.
     detectable = TTestPower().solve_power(nobs=3, alpha=0.05, power=0.8) * 0.0503
     assert stats.detectable_difference(0.0503, 3) == pytest.approx(detectable, rel=1e-6)
+
+
+def test_power_stays_finite_at_extreme_noncentralities():
+    for effect, n in [(50.0, 3), (1e3, 2), (1e3, 1000), (1e-9, 3)]:
+        assert 0.0 <= stats.power(effect, n) <= 1.0
+    assert stats.power(1e3, 3) == 1.0 and stats.power(1e-9, 3) == pytest.approx(0.05, abs=1e-6)
 
 
 def test_the_seeds_needed_are_a_range_over_the_sds_interval():

@@ -8,8 +8,8 @@ field `image` is uint8 1600 x N (one column per image) and `label_int` holds the
 
 Pixel orientation: each column is reshaped row-major to 40x40 (pixel k -> row k // 40,
 col k % 40), as public loaders do. Nothing official confirms it, so `check_orientation`
-implements the check from REFERENCES.md: a just-centered image (the digit with a 6-pixel
-border) cropped to [6:34, 6:34] must equal its MNIST original.
+checks it: a just-centered image (the digit with a 6-pixel border) cropped to [6:34, 6:34]
+must equal its MNIST original.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ LABEL_FIELD = "label_int"
 NUM_CLASSES = 10
 # The just-centered files put the 28x28 digit inside a 6-pixel border.
 CENTER_BORDER = 6
-# `training` and `validation` are not in REFERENCES.md but follow the same naming, so the
+# `training` and `validation` follow the same naming as `test`, so the
 # loader accepts them too (e.g. for the just_centered/ folder).
 SPLITS = ("test", "training_and_validation", "training", "validation")
 

@@ -1,5 +1,5 @@
 """MultiMNIST (generated): two MNIST digits of different classes overlaid on a 36x36 canvas
-(Sabour, Frosst & Hinton 2017, section 6; REFERENCES.md 1 and 6b).
+(Sabour, Frosst & Hinton 2017, section 6).
 
 The recipe is the official code's: each 28x28 digit is padded by 4 pixels to 36x36 and shifted by
 an integer drawn uniformly from [-4, 4] on each axis (zero fill; with a pad of 4 nothing falls off

@@ -1,12 +1,12 @@
 """Seeded class-stratified random subsets: how every split takes part of a dataset.
 
-A fixed block of a dataset is a biased sample: MNIST's test set is ordered so that its first half
-is markedly harder than its second (1-nearest-neighbour error 5.6% on the first 5000 images, 2.1%
-on the last 5000), and the last 1000 training images are among the easiest blocks of the training
-set. So a subset of `size` images is drawn at random, class by class: each class gets its share of
-`size` in proportion to its count (largest remainders settle the rounding, lower class first on a
-tie), and its images are a seeded random choice among that class's. The same labels, size and seed
-give the same indices on every machine (a CPU generator, integer arithmetic only).
+A fixed block of a dataset is a biased sample: MNIST's test set is not homogeneous (its two halves
+come from different sources and differ markedly in difficulty), and blocks of the training set
+differ too. So a subset of `size` images is drawn at random, class by class: each class gets its
+share of `size` in proportion to its count (largest remainders settle the rounding, lower class
+first on a tie), and its images are a seeded random choice among that class's. The same labels,
+size and seed give the same indices wherever the same torch release runs (a CPU generator, integer
+arithmetic only).
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import seaborn as sns
 
+from studies.data import datasets
 from studies.report import effects as fx
 from studies.report import stats
 from studies.report.figures import markdown, save_figure, write_table_files
@@ -137,7 +138,7 @@ def accuracy_section(trials: StudyTrials, out: Path) -> Section:
     lines = [*budget_lines(trials), *convention_lines(trials), *left_out_lines(trials), "",
              markdown(shown), "",
              "Test error in %: mean over seeds, sample standard deviation (n - 1) and 95% confidence interval "
-             f"of the mean from Student's t, on {_test_set(frame)}; validation error on the validation split held "
+             f"of the mean from Student's t, on {_test_set(trials)}; validation error on the validation split held "
              "out from the training images (a class-stratified random subset), beside it. Paper values are from the paper's own protocol (full MNIST, "
              "shifts of up to 2 px, ~300k steps) and are shown for orientation, not as a like-for-like "
              "comparison.", "", f"![test error per configuration]({files[4].name})", "",
@@ -154,10 +155,11 @@ def accuracy_section(trials: StudyTrials, out: Path) -> Section:
                    findings=primary_findings(trials, effects, missing), findings_heading=where)
 
 
-def _test_set(frame: pd.DataFrame) -> str:
-    sizes = sorted(int(v) for v in frame["test_images"].unique())
+def _test_set(trials: StudyTrials) -> str:
+    sizes = sorted(int(v) for v in trials.frame["test_images"].unique())
     count = ", ".join(f"{v:,}" for v in sizes)
-    return f"the whole test set ({count} images)" if sizes == [10000] else f"a class-stratified random {count} test images"
+    whole = sum(datasets.get_info(trials.spec.dataset).test_histogram)
+    return f"the whole test set ({count} images)" if sizes == [whole] else f"a class-stratified random {count} test images"
 
 
 def standard_hint(trials: StudyTrials) -> str:

@@ -28,9 +28,9 @@ import pandas as pd
 import models
 from studies.report import stats
 from studies.report.figures import save_figure, write_formatted
-from studies.spec.study import Primary, StudySpec
+from studies.spec.study import REFERENCE_MODELS, Primary, StudySpec
 
-REFERENCE_MODEL = "capsnet"
+REFERENCE_MODEL = REFERENCE_MODELS[0]
 AVERAGED = "averaged over "
 UNEQUAL = "unequal budgets"
 
@@ -198,47 +198,69 @@ def _matches(row: dict, primary: Primary) -> bool:
     return True
 
 
-def primary_rows(rows: list[dict], primary: Primary) -> list[int]:
-    """Indices of the rows that answer a declared comparison, one per metric and level: the stratum
-    its `within` names, or else the main effect (averaged over strata) where there is one, else the
-    only stratum. Several strata without a `within` and without a main effect answer nothing."""
-    candidates = [i for i, row in enumerate(rows) if _matches(row, primary)]
-    chosen = []
-    for metric in primary.metrics:
-        ofmetric = [i for i in candidates if rows[i]["metric_column"] == metric]
-        for at in dict.fromkeys(rows[i].get("at_level") for i in ofmetric):
-            group = [i for i in ofmetric if rows[i].get("at_level") == at]
-            averaged = [i for i in group if rows[i]["stratum"] is None]
-            if primary.within:
-                chosen.append(group[0])
-            elif averaged:
-                chosen.append(averaged[0])
-            elif len(group) == 1:
-                chosen.append(group[0])
-    return chosen
+@dataclass(frozen=True)
+class Unanswered:
+    """A declared primary comparison (one metric, one level) with no row to answer it, and why."""
+
+    primary: Primary
+    metric: str
+    at_level: float | None
+    reason: str
 
 
-def mark_primary(rows: list[dict], spec: StudySpec) -> tuple[pd.DataFrame, list[Primary]]:
-    """The effects frame with `primary`, `p_holm` (Holm over the primary rows) and `resolved`
-    (primary: Holm-adjusted p below 5%; exploratory: the unadjusted interval excludes 0; never at
-    unequal budgets or fewer than 3 seeds), and the declared comparisons that have no row."""
+def _answer(rows: list[dict], primary: Primary, metric: str, at_level: float | None) -> int | str:
+    """The index of the row that answers one declared comparison (its metric, at its level), or why
+    none does: the stratum its `within` names, or else the main effect (averaged over strata)
+    where there is one, else the only stratum."""
+    group = [i for i, row in enumerate(rows) if _matches(row, primary) and row["metric_column"] == metric
+             and _same(at_level, row.get("at_level"))]
+    averaged = [i for i in group if rows[i]["stratum"] is None]
+    if not primary.within and averaged:
+        return averaged[0]
+    strata = [i for i in group if rows[i]["stratum"] is not None]
+    if len(strata) == 1:
+        return strata[0]
+    if not strata:
+        return "no data: a side was not trained in this profile" + (
+            ", or not every seed's curve reached the level" if at_level is not None else "")
+    return (f"{len(strata)} strata match ({'; '.join(rows[i]['within'] for i in strata)}): name the other "
+            "varied parameters in `within`")
+
+
+def mark_primary(rows: list[dict], spec: StudySpec,
+                 levels: tuple[float, ...] | None = None) -> tuple[pd.DataFrame, list[Unanswered]]:
+    """The effects frame with `primary`, `p_holm` and `resolved`, and the declared comparisons no
+    row answers. The primary family is every declared comparison on each of its metrics (at each of
+    `levels`, for curves), fixed before anything is looked at: one without an answer, or without a
+    p-value, counts in Holm's adjustment as p = 1, so a missing side never shrinks the family.
+    Resolved: primary, the Holm-adjusted p below 5%; exploratory, the unadjusted interval excludes 0;
+    never at unequal budgets or with fewer than 3 seeds."""
     order: list[float] = [np.nan] * len(rows)
-    missing = []
+    unanswered, family = [], []
     for index, primary in enumerate(spec.primary):
-        found = primary_rows(rows, primary)
-        if not found:
-            missing.append(primary)
-        for rank, i in enumerate(found):
-            order[i] = index + rank / (len(found) + 1)
+        for rank, (metric, at) in enumerate((m, at) for m in primary.metrics for at in (levels or (None,))):
+            answer = _answer(rows, primary, metric, at)
+            if isinstance(answer, str):
+                unanswered.append(Unanswered(primary, metric, at, answer))
+                family.append(None)
+            else:
+                order[answer] = index + rank / (len(primary.metrics) * len(levels or (None,)) + 1)
+                family.append(answer)
     frame = effects_frame(rows)
     frame["primary_order"] = order
     frame["primary"] = frame["primary_order"].notna()
-    p = frame["p_paired_t"].where(frame["primary"]).astype(float)
-    frame["p_holm"] = stats.holm(p.to_numpy()) if len(frame) else []
+    p_family = [1.0 if i is None or pd.isna(frame.at[i, "p_paired_t"]) else float(frame.at[i, "p_paired_t"])
+                for i in family]
+    adjusted = stats.holm(p_family) if family else np.array([])
+    frame["p_holm"] = np.nan
+    for i, value in zip(family, adjusted):
+        if i is not None:
+            frame.at[i, "p_holm"] = value
+    frame["family_size"] = len(family)
     usable = (frame["budget"] == "equal") & (frame["n"] >= stats.MIN_SEEDS)
     frame["resolved"] = usable & np.where(frame["primary"], frame["p_holm"] < stats.ALPHA,
                                           frame["resolved_unadjusted"].astype(bool))
-    return frame[COLUMNS + HIDDEN], missing
+    return frame[COLUMNS + HIDDEN], unanswered
 
 
 COLUMNS = ["metric", "comparison", "within", "at_level", "n", "mean_difference", "sd", "ci95_low", "ci95_high", "p_paired_t",
@@ -246,12 +268,12 @@ COLUMNS = ["metric", "comparison", "within", "at_level", "n", "mean_difference",
            "seeds_80pct_power_low", "seeds_80pct_power_high"]
 # Kept for the report's own use (findings, figures), not written to the effects file.
 HIDDEN = ["lower_is_better", "metric_column", "factor", "model", "baseline", "level", "stratum", "baseline_mean",
-          "level_mean", "primary_order"]
+          "level_mean", "primary_order", "family_size"]
 
 
 def effects_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[c for c in COLUMNS if c not in ("primary", "p_holm", "resolved")]
-                         + ["resolved_unadjusted"] + [c for c in HIDDEN if c != "primary_order"])
+                         + ["resolved_unadjusted"] + [c for c in HIDDEN if c not in ("primary_order", "family_size")])
     return frame.astype({"seeds_80pct_power_low": "Int64", "seeds_80pct_power_high": "Int64"})
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from studies.report.effects import UNEQUAL, power_phrase
+from studies.report.effects import UNEQUAL, Unanswered, power_phrase
 from studies.report.trials import StudyTrials
-from studies.spec.study import Primary
 
 
 def budget_phrase(trials: StudyTrials) -> str:
@@ -45,21 +44,22 @@ def _sides(row: pd.Series) -> str:
             f"{row['baseline_mean']:.2f}%; ")
 
 
-def primary_findings(trials: StudyTrials, effects: pd.DataFrame, missing: list[Primary]) -> list[str]:
+def primary_findings(trials: StudyTrials, effects: pd.DataFrame, unanswered: list[Unanswered]) -> list[str]:
     """One sentence per primary row, in the order the spec declares them, then one per declared
-    comparison this profile did not measure."""
+    comparison no row answers (each counted in the Holm family as p = 1)."""
     rows = effects[effects["primary"].astype(bool)].sort_values("primary_order")
-    family = len(rows)
+    family = int(effects["family_size"].iloc[0]) if len(effects) else len(unanswered)
     out = []
     for _, row in rows.iterrows():
         at = f" at {100 * row['at_level']:g}% validation accuracy" if pd.notna(row.get("at_level")) else ""
         within = f" ({row['within']})" if row["within"] and not str(row["within"]).startswith("averaged") else ""
         out.append(f"{row['comparison']}{within}{at}, {row['metric']}: {_sides(row)}difference "
                    f"{verdict(row, family)}.")
-    for primary in missing:
-        out.append(f"{primary.label} ({', '.join(primary.metrics)}): declared primary, not measured in the "
-                   f"`{trials.options.profile}` profile (a side was not trained, or no level was reached by both "
-                   "models).")
+    for missing in unanswered:
+        at = f" at {100 * missing.at_level:g}% validation accuracy" if missing.at_level is not None else ""
+        out.append(f"{missing.primary.label}{at}, {missing.metric}: declared primary, not answered in the "
+                   f"`{trials.options.profile}` profile ({missing.reason}); counted as p = 1 among the "
+                   f"{family} primary comparisons.")
     return out
 
 

@@ -16,8 +16,7 @@ the per-seed differences d_1..d_n are what is summarised. Reported for each comp
   size would need, as a range over the 95% interval of the sd (the sd of 3 seeds is known only
   to within a factor of about 0.5x-6.3x; plugging it in as if known overstates what we know).
 Power is the noncentral t's two tails, each as an upper tail (P(T < -c | nc) = P(T > c | -nc)):
-scipy's lower-tail cdf returns NaN for large noncentralities, which once turned a comparison that
-already had 99.9% power at n = 3 into "6 seeds".
+scipy's lower-tail cdf returns NaN for large noncentralities, where the power is all but 1.
 """
 from __future__ import annotations
 
@@ -96,7 +95,12 @@ def power(effect: float, n: int, alpha: float = ALPHA) -> float:
     df = n - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     noncentrality = abs(effect) * math.sqrt(n)
-    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality))
+    upper = stats.nct.sf(critical, df, noncentrality)
+    # The far tail is below 1e-9 wherever scipy cannot compute it; it adds nothing then.
+    lower = np.nan_to_num(stats.nct.sf(critical, df, -noncentrality), nan=0.0)
+    if np.isnan(upper):  # a noncentrality too large for scipy: power is 1 to double precision
+        upper = 1.0
+    return float(min(1.0, upper + lower))
 
 
 def seeds_needed(mean: float, sd: float, alpha: float = ALPHA, target: float = POWER) -> int | None:
@@ -125,7 +129,7 @@ def detectable_difference(sd: float, n: int, alpha: float = ALPHA, target: float
     target power, given the per-seed sd of the differences."""
     if n < 2 or not (sd > 0):
         return math.nan
-    effect = optimize.brentq(lambda d: power(d, n, alpha) - target, 1e-6, 1e3)
+    effect = optimize.brentq(lambda d: power(d, n, alpha) - target, 1e-6, 100.0)
     return float(effect * sd)
 
 

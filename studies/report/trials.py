@@ -9,6 +9,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from studies.data import datasets
 from studies.engine.bookkeeping import IDENTITY_ATTR, POINT_ATTR, VALUES_ATTR, final_failures
 from studies.engine.runner import RunOptions, StudyRunner
 from studies.spec.study import StudySpec
@@ -108,7 +109,7 @@ def budget_lines(trials: StudyTrials) -> list[str]:
         f"- splits (class-stratified at random, split seed {_values(frame, 'split_seed')}): "
         f"{_values(frame, 'train_images')} training and {_values(frame, 'val_images')} validation images, "
         f"disjoint, from the training set; test images {_values(frame, 'test_images')}"
-        + (" (the whole test set)" if len(frame) and set(frame["test_images"]) == {10000} else ""),
+        + (" (the whole test set)" if len(frame) and set(frame["test_images"]) == {_test_set_size(trials)} else ""),
         f"- fixed by the profile: {recipe or 'nothing'}; learning rate {_values(frame, 'learning_rate')}",
         f"- device {_values(frame, 'device')}, dtype {_values(frame, 'dtype')}, threads {_values(frame, 'threads')}, "
         f"torch {_values(frame, 'torch_version')}; "
@@ -120,6 +121,10 @@ def budget_lines(trials: StudyTrials) -> list[str]:
                      f"earlier budget or settings (superseded), {trials.outside} of grid points this spec no "
                      "longer has")
     return lines
+
+
+def _test_set_size(trials: StudyTrials) -> int:
+    return sum(datasets.get_info(trials.spec.dataset).test_histogram)
 
 
 def failure_lines(trials: StudyTrials) -> list[str]:

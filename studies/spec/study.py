@@ -44,6 +44,8 @@ TRAIN_KEYS = tuple(
 BF16_AUTO = "auto"
 # The smallest test or robustness subset a reported profile may use (a stratified random one).
 MIN_SUBSET = 1000
+# The capsule models: a comparison of models sets one of them, at its defaults, against another model.
+REFERENCE_MODELS = ("capsnet", "capsnet_multi")
 
 
 class SpecError(ValueError):
@@ -351,17 +353,43 @@ class _Checker:
                 self.value(model, key, value, "fixed")
 
     def primary(self, table: schema.PrimaryTable, index: int, kind: str, arms: tuple[Arm, ...]) -> Primary:
+        """A declared comparison must be one the report can answer with exactly one row per metric
+        (and level): its values listed by the arms, and every other parameter the arms vary either
+        named in `within` or left to a main effect."""
         where = f"primary[{index}]"
         (factor, (baseline, level)), = table.compare.items()
         for metric in table.metrics:
             if metric not in schema.KIND_METRICS[kind]:
                 self.fail(f"{where}.metrics", f"{metric!r} is not measured by a {kind!r} study; "
                                               f"valid: {', '.join(schema.KIND_METRICS[kind]) or 'none'}")
+
+        def varied(model: str) -> set[str]:
+            values: dict[str, set] = {}
+            for arm in arms:
+                if arm.model == model:
+                    for key, listed in arm.scientific.items():
+                        values.setdefault(key, set()).update(map(repr, listed))
+            return {key for key, seen in values.items() if len(seen) > 1}
+
+        def scientific(model: str) -> set[str]:
+            return {key for arm in arms if arm.model == model for key in arm.scientific}
+
         if factor == "model":
-            involved = [baseline, level]
-            for model in involved:
+            for model in (baseline, level):
                 if not any(arm.model == model for arm in arms):
                     self.fail(f"{where}.compare", f"model {model!r} has no [[arms]] entry")
+            if level not in REFERENCE_MODELS or baseline in REFERENCE_MODELS:
+                self.fail(f"{where}.compare", f"a comparison of models sets a capsule model ({', '.join(REFERENCE_MODELS)}) "
+                                              f"at its defaults, second, against another model, first; got "
+                                              f"[{baseline!r}, {level!r}]")
+            shared = scientific(baseline) & scientific(level)
+            for key in table.within:
+                if key not in shared:
+                    self.fail(f"{where}.within", f"{key!r} is not a scientific parameter of both {baseline!r} and "
+                                                 f"{level!r}")
+            # The capsule model's own options are held at its defaults; a shared parameter is paired.
+            ambiguous = (varied(baseline) & shared) - set(table.within)
+            involved = [baseline, level]
         else:
             involved = [table.model]
             if not any(arm.model == table.model for arm in arms):
@@ -374,12 +402,19 @@ class _Checker:
                 if not any(value == v for v in listed):
                     self.fail(f"{where}.compare", f"{factor} = {value!r} is not among the values the arms of "
                                                   f"{table.model!r} list: {listed}")
+            for key in table.within:
+                if key == factor or key not in scientific(table.model):
+                    self.fail(f"{where}.within", f"{key!r} is not another scientific parameter of {table.model!r}")
+            # Without `within` the main effect averages over the others; with it, it names them all.
+            ambiguous = (varied(table.model) - {factor} - set(table.within)) if table.within else set()
+        if ambiguous:
+            self.fail(f"{where}.within", f"also name {', '.join(sorted(ambiguous))} (the arms vary "
+                                         f"{'it' if len(ambiguous) == 1 else 'them'}): otherwise several rows "
+                                         "answer the comparison")
         for key, value in table.within.items():
-            owners = [m for m in involved if any(key in arm.scientific for arm in arms if arm.model == m)]
-            if not owners:
-                self.fail(f"{where}.within", f"{key!r} is not a scientific parameter of {', '.join(involved)}")
-            for model in owners:
-                self.value(model, key, value, f"{where}.within")
+            for model in involved:
+                if key in scientific(model):
+                    self.value(model, key, value, f"{where}.within")
         return Primary(factor, baseline, level, tuple(table.metrics), table.model, dict(table.within))
 
     def nuisance(self, name: str, bounds: schema.NuisanceTable) -> Nuisance:
@@ -418,7 +453,7 @@ class _Checker:
         on the full test set, and robustness studies on at least MIN_SUBSET images."""
         if profile.name == "smoke":
             return
-        recipes = [profile.recipe, *profile.per_model.values()]
+        recipes = [spec.fixed, *(arm.fixed for arm in spec.arms), profile.recipe, *profile.per_model.values()]
         for recipe in recipes:
             size = recipe.get("test_size")
             if size is not None and spec.kind in ("accuracy", "multimnist"):
