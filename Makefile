@@ -7,18 +7,25 @@ INSTALLED := $(VENV)/.installed
 PROFILE ?= quick
 STUDY ?=
 PYTEST_ARGS ?=
+# WHEELHOUSE=path: a machine without internet installs from the folder `make wheelhouse` wrote, on
+# top of its own PyTorch (the venv sees the system's site packages; torch is never replaced).
+WHEELHOUSE ?=
 
-.PHONY: setup data system-packages test study report bench gpu-check clean-venv
+.PHONY: setup data system-packages test study report bench gpu-check wheelhouse clean-venv
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(if $(WHEELHOUSE),--system-site-packages) $(VENV)
 
-# Re-installs only when pyproject.toml changes. Then builds the C++ CPU kernels (about 40 s,
-# cached by torch; rebuilt on first use if their sources change); without a compiler it says so
-# and routing and the DFT convolution run on PyTorch ops.
-$(INSTALLED): pyproject.toml | $(BIN)/python
+# Re-installs only when pyproject.toml (or the wheelhouse) changes. Then builds the C++ CPU kernels
+# (about 40 s, cached by torch; rebuilt on first use if their sources change); without a compiler
+# it says so and routing and the DFT convolution run on PyTorch ops.
+$(INSTALLED): pyproject.toml $(if $(WHEELHOUSE),$(WHEELHOUSE)/manifest.json) | $(BIN)/python
+ifneq ($(WHEELHOUSE),)
+	$(BIN)/python -m bench.wheelhouse install $(WHEELHOUSE)
+else
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+endif
 	$(BIN)/python -m models.cpu.build
 	touch $@
 
@@ -33,9 +40,11 @@ system-packages:
 		echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST needs its files in data/FashionMNIST/raw"; \
 	fi
 
-# Checks the IDX files and converts them from the first reachable source when missing.
-data: $(INSTALLED) system-packages
-	$(BIN)/python -m studies data
+# Checks the IDX files and converts them from the first reachable source when missing. With a
+# wheelhouse (offline), only the datasets it carries, and no apt-get.
+data: $(INSTALLED) $(if $(WHEELHOUSE),,system-packages)
+	$(BIN)/python -m studies data $(if $(WHEELHOUSE),--dataset mnist \
+		$(if $(wildcard $(WHEELHOUSE)/data/FashionMNIST),--dataset fashion_mnist))
 
 # Two pytest processes (pytest-xdist), one thread each, a test file per process at a time (a
 # file's fixtures stay in one process); PYTEST_WORKERS=0 runs the suite in this process.
@@ -66,11 +75,20 @@ BENCH_ARGS ?=
 bench: $(INSTALLED)
 	$(BIN)/python -m bench --profile $(PROFILE) $(BENCH_ARGS)
 
-# The prepared check for a CUDA machine (bench/gpu_check.py, about 8 minutes on one H200): the cuda
-# tests, one-epoch training speeds, the CUDA bench; writes results/gpu/. Without CUDA it says what it
-# skipped. Where the machine brings its own PyTorch and no venv: `python3 -m bench.gpu_check`.
+# The prepared check for a CUDA machine (bench/gpu_check.py, planned within 8 minutes on one H200):
+# training speeds, the cuda tests, the CUDA bench, each stage in its own process under its own time
+# limit; writes OUT (summary.md, logs/). Without CUDA it names what it skipped. Where the machine
+# brings its own PyTorch and no venv: `python3 -m bench.gpu_check --out DIR`.
+OUT ?= results/gpu
 gpu-check: $(INSTALLED)
-	$(BIN)/python -m bench.gpu_check
+	$(BIN)/python -m bench.gpu_check --out $(OUT)
+
+# On a machine with a package index: wheelhouse/, what a GPU machine without internet needs beyond
+# its own PyTorch stack, and MNIST (bench/wheelhouse.py; default Python 3.12, manylinux_2_28_x86_64,
+# within 40 MB). WHEELHOUSE_ARGS: e.g. --python 3.11, --fashion-mnist, --add psycopg2-binary.
+WHEELHOUSE_ARGS ?=
+wheelhouse: data
+	$(BIN)/python -m bench.wheelhouse build $(WHEELHOUSE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

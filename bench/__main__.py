@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from bench.options import PROFILES, BenchOptions
-from bench.run import run_benchmark, summary_lines, write_tables
+from bench.run import RowAppender, run_benchmark, summary_lines, write_tables
 from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
 from studies.engine.storage import ensure_writable, results_dir
 from studies.errors import USER_ERRORS
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
         # Refused before anything is measured, not after minutes of timing.
         out = ensure_writable(Path(args.out) if args.out else results_dir(options.profile))
-        rows = run_benchmark(options, log=lambda line: print(line, file=sys.stderr, flush=True))
+        rows = run_benchmark(options, log=lambda line: print(line, file=sys.stderr, flush=True),
+                             on_row=RowAppender(out))
         paths = write_tables(rows, out)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

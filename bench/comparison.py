@@ -118,7 +118,7 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_coun
     try:
         set_threads(options.threads)
         device = resolve_device(options.device)
-        set_algorithms(device, deterministic=False)  # as training runs; this process ends with the comparison
+        set_algorithms(device, deterministic=False, tf32=options.bf16)  # as training runs; this process ends here
         runner = Runner(build_compared(name, options), batch, options, device, flop_counts)
         connection.send(("ok", None))
     except Exception:

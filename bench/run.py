@@ -1,7 +1,9 @@
 """The throughput benchmark: images/s of every registered model, plus the routing comparison.
 
 `run_benchmark(options) -> rows` and `write_tables(rows, out_dir) -> paths` are the API the
-study engine calls (the `throughput` study); `python -m bench` is the command line.
+study engine calls (the `throughput` study); `python -m bench` is the command line, which also
+appends each row to its CSV as it is measured (`RowAppender`), so a run stopped part-way leaves
+the rows it measured.
 
 Rows come in three sections:
 - "models": every registered model x batch size x mode (train step / inference);
@@ -17,6 +19,7 @@ Rows come in three sections:
 """
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Callable
@@ -115,7 +118,7 @@ def _log(message: str, log: Callable[[str], None] | None) -> None:
         log(message)
 
 
-def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> list[dict]:
+def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict, on_row) -> list[dict]:
     profile = PROFILES[options.profile]
     rows = []
     for name in options.models:
@@ -128,6 +131,7 @@ def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> l
                 memory = peak_memory_mb(device)
                 row = _row("models", name, batch, mode, timing, profile.warmup, runner.describe(mode), memory, env)
                 rows.append(row)
+                on_row(row)
                 _log(f"{name:>12} batch {batch:>4} {mode:>5}: {row['images_per_s']:8.1f} images/s "
                      f"({row['step_ms']:.1f} ms, IQR {row['spread_iqr_pct']:.0f}%)", log)
             del runner
@@ -140,7 +144,7 @@ def _ratio_over_shared_rounds(numerator: Timing, denominator: Timing) -> float:
     return paired_ratio(Timing(numerator.times[:rounds]), Timing(denominator.times[:rounds]))
 
 
-def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) -> list[dict]:
+def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict, on_row) -> list[dict]:
     """CapsNet vs references (c), (a) and the convolution stem (b): each in a process of its own, settled,
     then timed in turn (bench/comparison.py)."""
     profile = PROFILES[options.profile]
@@ -180,12 +184,14 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict) ->
                 stem = CONV2D_STEM.get(name, REFERENCE_B)
                 row["time_vs_stem"] = _ratio_over_shared_rounds(timings[name], timings[stem])
                 rows.append(row)
+                on_row(row)
                 _log(f"{name:>22} batch {batch} {mode:>5}: {row['images_per_s']:8.1f} images/s, "
                      f"{row['speedup_vs_reference_c']:.2f}x reference (c), "
                      f"{row['speedup_vs_reference_a']:.2f}x reference (a), {row['time_vs_stem']:.2f}x stem "
                      f"(after {warmup_steps} warm-up steps, "
                      f"{'memory settled' if memory_settled else 'memory still growing at the cap'})", log)
     rows.append(_data_row(options, device, env, batch, our_step_s, log))
+    on_row(rows[-1])
     return rows
 
 
@@ -215,19 +221,22 @@ def _data_row(options: BenchOptions, device, env, batch: int, step_s: float, log
     return row
 
 
-def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None) -> list[dict]:
-    """Measure every row of `options`; `log` receives one progress line per row."""
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None,
+                  on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Measure every row of `options`; `log` receives one progress line per row, `on_row` each row as
+    soon as it is measured."""
     options = options.validate()
+    on_row = on_row or (lambda row: None)
     device = resolve_device(options.device)
     caller_threads = torch.get_num_threads()
     try:
         threads = set_threads(options.threads)
         env = _environment(options, device, threads)
         flop_counts: dict = {}
-        with algorithm_settings(device, deterministic=False):  # as training runs (cuDNN autotuning on CUDA)
-            rows = _model_rows(options, device, env, log, flop_counts)
+        with algorithm_settings(device, deterministic=False, tf32=options.bf16):  # as training runs
+            rows = _model_rows(options, device, env, log, flop_counts, on_row)
         if options.references:
-            rows += _routing_rows(options, device, env, log, flop_counts)
+            rows += _routing_rows(options, device, env, log, flop_counts, on_row)
     finally:  # a library call must not leave the caller's process on other thread counts
         torch.set_num_threads(caller_threads)
     return rows
@@ -300,6 +309,27 @@ def summary_lines(rows: list[dict]) -> list[str]:
         lines.append("- targets (issues 5 and 13, this 2-core CPU): "
                      + "; ".join(f"{name}: {verdict(ok)}" for name, ok in checks))
     return lines
+
+
+class RowAppender:
+    """`on_row` for run_benchmark: appends each row to <stem>.csv in `out_dir` as it is measured (the
+    file is started afresh with this run's first row of that stem), so a run stopped part-way leaves
+    its rows on disk; write_tables rewrites the file whole at the end."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out = Path(out_dir)
+        self.started: set[Path] = set()
+
+    def __call__(self, row: dict) -> None:
+        path = self.out / f"{table_stem([row])}.csv"
+        first = path not in self.started
+        self.out.mkdir(parents=True, exist_ok=True)
+        with path.open("w" if first else "a", newline="") as handle:
+            writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")  # as write_tables keeps COLUMNS only
+            if first:
+                writer.writeheader()
+            writer.writerow(row)
+        self.started.add(path)
 
 
 def _markdown(frame, columns, floatfmt=".4g") -> str:

@@ -167,10 +167,9 @@ class _VotesAndRoute(torch.autograd.Function):
 
 @eager_under_compile
 def _votes_and_route_eager(u_t, weight_t, parents, iters, detach_inner, couplings):
-    # torch.compile runs this hand-scheduled part eagerly (a graph break) and compiles the
-    # convolutions, decoder and loss around it; tracing the blocked loops gains nothing.
+    # torch.compile runs this hand-scheduled part eagerly (a graph break) where it calls the CPU's
+    # C++ kernels, and compiles the convolutions, decoder and loss around it.
     return _VotesAndRoute.apply(u_t, weight_t, parents, iters, detach_inner, couplings)
-
 
 
 def from_routing_layout(v: torch.Tensor, parents: int) -> torch.Tensor:
@@ -178,6 +177,39 @@ def from_routing_layout(v: torch.Tensor, parents: int) -> torch.Tensor:
     return v.view(v.shape[0], parents, -1).permute(2, 1, 0)
 
 
+def route_with_autograd(u: torch.Tensor, weight: torch.Tensor, iters: int, detach_inner: bool = False,
+                        couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The same Procedure 1 in plain tensor ops, differentiated by autograd: what torch.compile
+    traces without a graph break, so that inductor fuses the passes over the votes (on a GPU, where
+    the hand-scheduled sweeps would run as many small kernels). u (batch, children, child_dim),
+    weight (children, parents, child_dim, dim); returns v (batch, parents, dim).
+
+    With `detach_inner` the inner iterations see the votes without their gradient, so the
+    couplings are constants and only the last iteration's sum carries it, as in the hand-written
+    backward."""
+    votes = torch.einsum("bic,ijcd->bijd", u, weight)  # (batch, children, parents, dim)
+    inner = votes.detach() if detach_inner else votes
+    logits = votes.new_zeros(votes.shape[:3])  # b_ij = 0: the first coupling is uniform
+    for t in range(iters):
+        last = t == iters - 1
+        coupling = torch.softmax(logits, dim=2)  # over the parents
+        if couplings is not None:
+            couplings.append(coupling)
+        v = squash((coupling.unsqueeze(-1) * (votes if last else inner)).sum(dim=1))
+        if not last:
+            logits = logits + (inner * v.unsqueeze(1)).sum(dim=-1)  # agreement u_hat . v
+    return v
+
+
+@torch.compiler.assume_constant_result
+def _kernels_behind_barrier(device_type: str) -> bool:
+    """Whether a compiled step keeps the hand-scheduled routing (eager, behind the compile barrier):
+    on the CPU where the C++ kernels are built. Elsewhere (CUDA, or CAPSBENCH_CPU_KERNELS=0) the
+    compiled step traces `route_with_autograd`. A constant for the tracer: it is asked once, not
+    traced (finding the kernels takes a lock)."""
+    from models.cpu import kernels as cpu_kernels
+
+    return device_type == "cpu" and cpu_kernels.module() is not None
 
 
 def votes_and_route(
@@ -191,10 +223,14 @@ def votes_and_route(
     Returns the parent capsules v (batch, parents, dim). With a list `couplings`, the coupling
     coefficients of every iteration are appended as (batch, children, parents) tensors.
 
-    Votes and routing run in float32 even under autocast (softmax and squash of bf16 votes lose
-    too much); the layers around them keep the autocast dtype."""
+    Eager, the hand-scheduled routing above runs (its C++ kernels on the CPU); under torch.compile,
+    the plain-ops one where the kernels are not in play. Votes and routing run in float32 even under
+    autocast (softmax and squash of bf16 votes lose too much); the layers around them keep the
+    autocast dtype."""
     children, parents, child_dim, dim = weight.shape
     with torch.autocast(device_type=u.device.type, enabled=False):
+        if torch.compiler.is_compiling() and not _kernels_behind_barrier(u.device.type):
+            return route_with_autograd(u.float(), weight.float(), iters, detach_inner, couplings)
         u_t = u.float().permute(1, 2, 0).contiguous()  # (children, child_dim, batch)
         weight_t = weight.float().permute(0, 3, 1, 2).reshape(children, dim * parents, child_dim)
         v = _votes_and_route_eager(u_t, weight_t, parents, iters, detach_inner, couplings)

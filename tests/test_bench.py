@@ -179,17 +179,6 @@ def test_bf16_and_compile_together_on_the_cpu(tmp_path, run_cli, monkeypatch):
     assert (tmp_path / "throughput-cpu-bf16-compiled.md").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine-without-CUDA path")
-def test_gpu_check_without_cuda_says_what_it_skipped_and_succeeds(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path)], capture_output=True,
-                          text=True, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
-    log = (tmp_path / "gpu-check.log").read_text()
-    assert "no CUDA device" in log and "skipped" in log
-    assert "SKIPPED (no CUDA device): the cuda tests" in log and "bench on CUDA" in log
-
-
 def test_speed_paths_factor_is_the_paired_ratio_of_plain_to_fast():
     import time
 

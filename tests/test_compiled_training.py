@@ -89,3 +89,40 @@ def test_a_deterministic_run_on_the_cpu_equals_a_default_one():
     deterministic = train(tiny(epochs=1, deterministic=True), splits=splits)
     assert deterministic.history[0]["train_loss"] == default.history[0]["train_loss"]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_tf32_only_where_a_run_is_bf16_and_restored_after():
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    for tf32 in (False, True):
+        with algorithm_settings(torch.device("cuda"), deterministic=False, tf32=tf32):
+            assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    seen = []
+    train(tiny(epochs=1), splits=synthetic_splits(),
+          on_epoch=lambda record, model: seen.append(torch.backends.cudnn.allow_tf32))
+    assert seen == [False]  # a float32 run is float32 throughout
+
+
+def test_a_compile_failure_falls_back_to_the_eager_step_with_one_warning(monkeypatch):
+    def broken_compile(function, **options):
+        def compiled(*args):
+            raise RuntimeError("inductor: no working C++ compiler\nlong traceback")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    splits = synthetic_splits()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no working C.. compiler.*training runs eagerly") as caught:
+        fallen_back = train(tiny(compile="on"), splits=splits)
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
+    eager = train(tiny(compile="off"), splits=splits)
+    assert [r["train_loss"] for r in fallen_back.history] == [r["train_loss"] for r in eager.history]
+
+
+def test_checkpoints_are_written_every_n_epochs(tmp_path):
+    written = []
+
+    def look(record, model):
+        written.append((tmp_path / "run.pt").exists())
+
+    train(tiny(epochs=3, checkpoint_every=2), splits=synthetic_splits(), on_epoch=look, checkpoint=tmp_path / "run.pt")
+    assert written == [False, False, True]  # looked at before each epoch's save: saved after epoch 2 only

@@ -118,15 +118,19 @@ def test_routing_on_cuda_gives_the_cpu_outputs_and_gradients(iters, detach_inner
 @pytest.mark.parametrize("name", ["capsnet", "cnn_pool", "cnn_paper"])
 def test_a_bf16_autocast_training_step_matches_float32_to_bf16_precision(name):
     """Autocast changes the precision of the convolutions and linear layers, nothing else: the
-    loss within 1%, the gradient pointing the same way (measured on the CPU's bf16 autocast:
-    3e-6 and cosine 0.999), gradients and loss in float32; then an Adam step stays finite."""
+    loss within 1%, the gradient pointing the same way, gradients and loss in float32; then an
+    Adam step stays finite. Dropout is off for the comparison: CUDA's dropout kernel draws its
+    masks differently for bf16 and float32 tensors (it handles 8 bf16 but 4 float32 elements per
+    thread), so the same seed gives different masks."""
     torch.manual_seed(0)
     model = models.create(name).to(CUDA).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
     images, labels = _batch(32, CUDA)
     results = []
     for bf16 in (False, True):
         model.zero_grad(set_to_none=True)
-        torch.manual_seed(1)  # the same dropout draws
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             output = model(images, labels)
             loss = model.loss(output, images, labels).total

@@ -83,29 +83,35 @@ def compiles(device: torch.device, setting: str) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def set_algorithms(device: torch.device, deterministic: bool) -> tuple:
+def set_algorithms(device: torch.device, deterministic: bool, tf32: bool = False) -> tuple:
     """Set the process-wide algorithm choices of `algorithm_settings`; return the previous ones."""
     previous = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-                torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+                torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     if deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.backends.cudnn.deterministic = deterministic
     torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     return previous
 
 
 @contextlib.contextmanager
-def algorithm_settings(device: torch.device, deterministic: bool):
+def algorithm_settings(device: torch.device, deterministic: bool, tf32: bool = False):
     """The process-wide algorithm choices of one training run, restored afterwards.
 
     Deterministic: torch.use_deterministic_algorithms, cuDNN's deterministic kernels, and the fixed
     cuBLAS workspace that makes cuBLAS deterministic (checked when an operation runs, so set here).
     Otherwise, on CUDA, cuDNN's benchmark mode: for every new input shape it times the candidate
-    convolution algorithms once and keeps the fastest (training uses one or two shapes)."""
-    previous = set_algorithms(device, deterministic)
+    convolution algorithms once and keeps the fastest (training uses one or two shapes).
+    TF32 (a 10-bit mantissa in the GPU's float32 convolutions and matrix products; cuDNN uses it
+    by default) only where asked: a bf16 run has reduced precision anyway, a float32 run (the
+    paper profile) is float32 throughout."""
+    previous = set_algorithms(device, deterministic, tf32)
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[:2]
         torch.use_deterministic_algorithms(previous[2], warn_only=previous[3])
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous[4:]

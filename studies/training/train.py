@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -161,7 +162,7 @@ def evaluate(
 
 EpochCallback = Callable[[dict[str, float], torch.nn.Module], None]
 # What must match for a checkpoint to be resumed (not where, how fast or how verbosely it runs).
-RUN_INDEPENDENT = ("device", "data_root", "progress", "compile", "deterministic")
+RUN_INDEPENDENT = ("device", "data_root", "progress", "compile", "deterministic", "checkpoint_every")
 
 
 def _run_identity(config: TrainConfig) -> dict:
@@ -247,10 +248,75 @@ def _scores_and_loss(model: torch.nn.Module) -> StepForward:
     return scores_and_loss
 
 
-def _raise_if_diverged(first_bad_step: torch.Tensor, epoch: int, loss_sum: torch.Tensor) -> None:
-    step = int(first_bad_step.item())
-    if step >= 0:
-        raise Diverged(epoch, step, float(loss_sum.item()))
+class CompiledOrEager:
+    """The compiled training step, or the eager one if compiling fails (inductor or Triton missing
+    or broken on the machine): one warning, and the run goes on eagerly. Only failures before the
+    compiled step first succeeds fall back; a later error is the run's own."""
+
+    def __init__(self, compiled: StepForward, eager: StepForward):
+        self.compiled, self.eager = compiled, eager
+        self.succeeded = False
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            return self.eager(*args)
+        if self.succeeded:
+            return self.compiled(*args)
+        try:
+            result = self.compiled(*args)
+        except (torch.OutOfMemoryError, KeyboardInterrupt):
+            raise
+        except Exception as error:  # whatever the compiler stack raises; the eager step is the same function
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {first}); training runs eagerly",
+                          RuntimeWarning, stacklevel=2)
+            self.compiled = None
+            return self.eager(*args)
+        self.succeeded = True
+        return result
+
+
+class EpochCounters:
+    """An epoch's bookkeeping on the device (the loss sum, the training images right, the first
+    step whose loss was not finite, the step count), read on the host every few steps only. One
+    function updates all of them: where the training step compiles, it compiles too, and inductor
+    fuses its dozen tiny operations into a kernel or two."""
+
+    def __init__(self, device: torch.device, step: StepForward):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        # Compiled where the step is, and eager again once the step fell back (one warning a run).
+        self.training_step = step if isinstance(step, CompiledOrEager) else None
+        self.compiled = (CompiledOrEager(torch.compile(_count_step, dynamic=False), _count_step)
+                         if self.training_step is not None else None)
+
+    def reset(self) -> None:
+        """At an epoch's start (in place: a compiled count keeps its inputs)."""
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.first_bad_step.fill_(-1)
+        self.step.zero_()
+
+    def count(self, loss: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, full_batch: bool) -> None:
+        # An epoch's last, smaller batch is counted eagerly, as it is trained (no graph for its shape).
+        compiled = self.compiled is not None and self.training_step.compiled is not None
+        count = self.compiled if compiled and full_batch else _count_step
+        count(self.loss_sum, self.correct, self.first_bad_step, self.step, loss.detach(), scores.detach(), labels)
+
+    def raise_if_diverged(self, epoch: int) -> None:
+        step = int(self.first_bad_step.item())
+        if step >= 0:
+            raise Diverged(epoch, step, float(self.loss_sum.item()))
+
+
+def _count_step(loss_sum, correct, first_bad_step, step, loss, scores, labels) -> None:
+    bad = ~torch.isfinite(loss) & (first_bad_step < 0)
+    first_bad_step.copy_(torch.where(bad, step, first_bad_step))
+    loss_sum.add_(loss * labels.shape[0])
+    correct.add_(hits(scores, labels))
+    step.add_(1)
 
 
 def train(
@@ -271,7 +337,7 @@ def train(
     device = resolve_device(config.device)
     if config.bf16:
         check_bf16(device)
-    with algorithm_settings(device, config.deterministic):
+    with algorithm_settings(device, config.deterministic, tf32=config.bf16):
         return _train(config, device, on_epoch, model, checkpoint, splits, check)
 
 
@@ -287,7 +353,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
     step_loss = _scores_and_loss(model)
     # Compiled as a function that calls the module, so the module itself (its state dict, what
     # callbacks and evaluation see) stays as it is. Static shapes: one graph for the batch size.
-    compiled_step_loss = torch.compile(step_loss, dynamic=False) if compiles(device, config.compile) else step_loss
+    compiled_step_loss = (CompiledOrEager(torch.compile(step_loss, dynamic=False), step_loss)
+                          if compiles(device, config.compile) else step_loss)
     augment = parse_augmentation(config.augmentation)
     optimizer = adam(model.parameters(), config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -311,14 +378,12 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             check.load_state_dict(resumed["check"])
     stopped = False
     images_seen = (first_epoch - 1) * len(train_split)
+    counters = EpochCounters(device, compiled_step_loss)
     for epoch in range(first_epoch, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()
         order = torch.randperm(len(train_split), generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        # Device-side bookkeeping, read on the host every few steps only.
-        first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        counters.reset()
         epoch_seen = 0
         bar = tqdm(
             range(steps_per_epoch),
@@ -345,19 +410,15 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             loss.backward()
             optimizer.step()
             schedule.step()
-            detached = loss.detach()
-            bad = ~torch.isfinite(detached) & (first_bad_step < 0)
-            first_bad_step = torch.where(bad, torch.full_like(first_bad_step, step), first_bad_step)
-            loss_sum += detached * labels.shape[0]
-            correct += hits(scores.detach(), labels)
+            counters.count(loss, scores, labels, full_batch=labels.shape[0] == config.batch_size)
             epoch_seen += labels.shape[0]
             images_seen += labels.shape[0]
             last = step == steps_per_epoch - 1
             if (step + 1) % FINITE_CHECK_EVERY == 0 or last:
-                _raise_if_diverged(first_bad_step, epoch, loss_sum)
+                counters.raise_if_diverged(epoch)
             global_step = (epoch - 1) * steps_per_epoch + step + 1
             if check is not None and (check.due(global_step) or last):
-                _raise_if_diverged(first_bad_step, epoch, loss_sum)
+                counters.raise_if_diverged(epoch)
                 progress = Progress(epoch, global_step, images_seen, model)
                 try:
                     check(progress)
@@ -369,8 +430,8 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
         train_seconds += time.perf_counter() - started
         record = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / epoch_seen,
-            "train_accuracy": correct.item() / epoch_seen,
+            "train_loss": counters.loss_sum.item() / epoch_seen,
+            "train_accuracy": counters.correct.item() / epoch_seen,
             "lr": schedule.get_last_lr()[0],
             "seconds": train_seconds,
             "images": images_seen,
@@ -386,7 +447,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
                 on_epoch(record, model)
             except StopTraining:
                 break
-        if checkpoint is not None:
+        if checkpoint is not None and epoch % config.checkpoint_every == 0:
             save_checkpoint(checkpoint, {
                 "identity": _run_identity(config), "epoch": epoch, "history": history,
                 "train_seconds": train_seconds, "model": model.state_dict(),
