@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
-from bench.options import PROFILES, BenchOptions
-from bench.run import RowAppender, run_benchmark, summary_lines, write_tables
-from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
-from studies.engine.storage import ensure_writable, results_dir
-from studies.errors import USER_ERRORS
+from studies.interrupt_line import EXIT_INTERRUPTED, guard_start_up, ignore_from_now
+
+if __name__ == "__main__":
+    guard_start_up()  # before the imports below, which take a second or more
+
+from bench.options import PROFILES, BenchOptions  # noqa: E402
+from bench.run import RowAppender, run_benchmark, summary_lines, write_tables  # noqa: E402
+from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option  # noqa: E402
+from studies.engine.storage import ensure_writable, results_dir  # noqa: E402
+from studies.errors import USER_ERRORS  # noqa: E402
+from studies.write_faults import WriteFailed, disk_fault  # noqa: E402
 
 OPTIONS = (
     Option("--profile", f"one of {', '.join(PROFILES)} (sets sizes and repeats)", BenchOptions, "profile",
@@ -47,6 +54,10 @@ def options_from_args(args) -> BenchOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = None
+    # From here Ctrl-C raises KeyboardInterrupt, which ends the run in one line below (the rows
+    # measured so far are on disk already, each written whole).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         options = options_from_args(args)
         # Refused before anything is measured, not after minutes of timing.
@@ -57,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"interrupted: the rows measured so far are in {out}" if out else "interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # a full or read-only disk under the tables: one line, like bad input
+        cause = disk_fault(error)
+        if cause is None:
+            raise
+        print(f"error: {WriteFailed(cause.filename or out, cause)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        signal.signal(signal.SIGINT, previous)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -69,4 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    ignore_from_now()
+    sys.exit(code)

@@ -14,11 +14,11 @@ from models.capsnet import CapsNetConfig
 from models.fields import ConfigError
 from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
 from studies.engine.runner import RunOptions
+from studies.interrupt_line import EXIT_INTERRUPTED, WORKER_ENV, say
 from studies.spec.schema import PROFILES
 from studies.training import stop
 from studies.training.config import TrainConfig
-
-EXIT_INTERRUPTED = 130
+from studies.write_faults import WriteFailed, disk_fault
 
 
 DATA_ROOT = Option("--data-root", "dataset root (default: $CAPSBENCH_DATA or ./data)")
@@ -152,7 +152,10 @@ def _run_data(args) -> None:
     datasets.check_present(names, args.data_root)
     for name in names:
         path = datasets.prepare(name, args.data_root)
-        print(f"{name}: ready in {path}")
+        unverified = datasets.get_info(name).unverified()
+        checked = (f"unverified: no published checksum for {', '.join(unverified)}; structure and labels checked"
+                   if unverified else "sha256 of every file as published")
+        print(f"{name}: ready in {path} ({checked})")
 
 
 def _selected_specs(args, announce: bool = True):
@@ -209,7 +212,7 @@ def _run_workers(args, options: RunOptions) -> RunOptions:
     # Every worker keeps the thread count a single worker would use (the cores may be
     # oversubscribed): a reduction's result depends on how many threads split it, and the same
     # seed must give the same numbers whatever WORKERS is.
-    workers = [subprocess.Popen(child) for _ in range(options.workers)]
+    workers = [subprocess.Popen(child, env={**os.environ, WORKER_ENV: "1"}) for _ in range(options.workers)]
     try:
         codes = [worker.wait() for worker in workers]
     except KeyboardInterrupt:  # the workers got the same Ctrl-C and record their trials as interrupted
@@ -332,9 +335,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to go on (a running trial resumes from its last "
-              "checkpoint and used up no attempt)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
+    except Exception as error:
+        if stop.requested():  # the interrupt, surfacing as whatever it landed in (a half-done import)
+            return _interrupted()
+        cause = disk_fault(error)  # a write no one named: still one line, with the file where known
+        if cause is None:
+            raise
+        print(f"error: {WriteFailed(cause.filename or 'to disk', cause)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     finally:
         stop.restore(previous)
     return 0
+
+
+def _interrupted() -> int:
+    say("interrupted: run the same command again to go on (a running trial resumes from its last checkpoint and "
+        "used up no attempt)")
+    return EXIT_INTERRUPTED

@@ -1,6 +1,7 @@
 """The official affNIST loader on tiny .mat fixtures written with scipy.io.savemat."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,14 @@ import pytest
 import scipy.io
 import torch
 
-from studies.data.affnist import AffnistError, check_orientation, find_affnist, load_affnist, read_affnist_file
+from studies.data.affnist import (
+    AffnistError,
+    check_orientation,
+    find_affnist,
+    find_split,
+    load_affnist,
+    read_affnist_file,
+)
 
 
 def _digits(count: int, seed: int = 0) -> np.ndarray:
@@ -56,6 +64,75 @@ def test_batched_layout_in_numeric_order_at_the_root(tmp_path: Path) -> None:
     got_images, got_labels = load_affnist(tmp_path, "training_and_validation")
     assert got_labels.tolist() == [i % 10 for i in range(12)]
     assert np.array_equal(got_images.numpy(), images)
+
+
+def _archive(path: Path, members: dict[str, Path]) -> None:
+    """A zip as the affNIST page distributes them: .mat files, compressed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, source in members.items():
+            archive.write(source, name)
+
+
+def test_test_mat_zip_as_downloaded_is_read_without_extracting(tmp_path: Path) -> None:
+    images = _centered(_digits(5))
+    labels = np.array([3, 1, 4, 1, 5], np.uint8)
+    _save(tmp_path / "made" / "test.mat", _columns(images), labels)
+    _archive(tmp_path / "data" / "affNIST" / "test.mat.zip", {"test.mat": tmp_path / "made" / "test.mat"})
+    found = find_split(tmp_path / "data")
+    assert found.found == "test.mat.zip" and find_affnist(tmp_path / "data") == tmp_path / "data" / "affNIST"
+    got_images, got_labels = load_affnist(tmp_path / "data")
+    assert np.array_equal(got_images.numpy(), images) and got_labels.tolist() == labels.tolist()
+    assert sorted(p.name for p in (tmp_path / "data" / "affNIST").iterdir()) == ["test.mat.zip"]  # nothing extracted
+
+
+@pytest.mark.parametrize("folder", ["affnist", "AFFNIST"])
+def test_batches_zip_in_numeric_order_in_any_case_of_the_folder(tmp_path: Path, folder: str) -> None:
+    images = _centered(_digits(12))
+    members = {}
+    for i in range(12):  # lexical order (1, 10, 11, 12, 2, ...) would scramble them
+        _save(tmp_path / "made" / f"{i + 1}.mat", _columns(images[i : i + 1]), np.array([i % 10]))
+        members[f"test_batches/{i + 1}.mat"] = tmp_path / "made" / f"{i + 1}.mat"
+    _archive(tmp_path / "data" / folder / "test_batches.zip", members)
+    assert find_split(tmp_path / "data").found == "test_batches.zip (12 files)"
+    got_images, got_labels = load_affnist(tmp_path / "data")
+    assert got_labels.tolist() == [i % 10 for i in range(12)] and np.array_equal(got_images.numpy(), images)
+
+
+def test_extracted_files_in_a_lowercase_folder_are_found(tmp_path: Path) -> None:
+    _save(tmp_path / "affnist" / "test.mat", _columns(_centered(_digits(2))), np.array([1, 2]))
+    assert find_affnist(tmp_path) == tmp_path / "affnist"
+
+
+def test_an_affnist_folder_without_a_test_set_says_what_it_holds_and_expects(tmp_path: Path) -> None:
+    folder = tmp_path / "affNIST"
+    folder.mkdir()
+    (folder / "training.mat.zip").write_bytes(b"PK")
+    (folder / "readme.txt").write_text("downloaded later")
+    with pytest.raises(AffnistError) as info:
+        find_affnist(tmp_path)
+    text = str(info.value)
+    assert "\n" not in text and str(folder) in text and "readme.txt, training.mat.zip" in text
+    assert "expected test.mat.zip or test_batches.zip" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"not a zip archive at all", "not a readable zip archive"),
+     ({"notes.txt": "x"}, "holds notes.txt but no test.mat")],
+)
+def test_a_damaged_or_wrong_archive_is_one_line(tmp_path: Path, content, message: str) -> None:
+    archive = tmp_path / "affNIST" / "test.mat.zip"
+    archive.parent.mkdir()
+    if isinstance(content, bytes):
+        archive.write_bytes(content)
+    else:
+        with zipfile.ZipFile(archive, "w") as opened:
+            for name, text in content.items():
+                opened.writestr(name, text)
+    with pytest.raises(AffnistError, match=message) as info:
+        load_affnist(tmp_path)
+    assert "\n" not in str(info.value) and str(archive) in str(info.value)
 
 
 @pytest.mark.parametrize("shape", [(4,), (1, 4), (4, 1)])

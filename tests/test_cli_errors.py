@@ -1,7 +1,9 @@
 """Bad input ends with one clear line on stderr and exit code 2, before any training."""
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -41,6 +43,22 @@ def test_bad_arguments(args, fragments, studies):
 def test_the_entry_point_reports_bad_input_in_one_line():
     done = subprocess.run([sys.executable, "-m", "studies", "train", "--model", "resnet"], capture_output=True, text=True)
     assert_one_line_error(done, "invalid choice: 'resnet'")
+
+
+@pytest.mark.parametrize("program", ["studies", "bench"])
+def test_ctrl_c_during_start_up_is_one_line(program, tmp_path):
+    """Ctrl-C while torch and the rest are still being imported: one line and exit code 130, not the
+    traceback of whichever module it landed in."""
+    args = (["data", "--data-root", str(tmp_path)] if program == "studies"
+            else ["--profile", "smoke", "--out", str(tmp_path)])
+    started = subprocess.Popen([sys.executable, "-m", program, *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.4)  # past the interpreter's own start, well before torch is imported
+    started.send_signal(signal.SIGINT)
+    _, stderr = started.communicate(timeout=60)
+    assert started.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["interrupted before anything started"]
 
 
 def test_missing_data_names_the_sources_tried(tmp_path, studies):

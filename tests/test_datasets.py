@@ -1,4 +1,6 @@
+import dataclasses
 import gzip
+import hashlib
 import pickle
 import shutil
 import subprocess
@@ -167,6 +169,64 @@ def test_present_files_with_wrong_histogram_are_rejected(tiny: DatasetInfo, tmp_
     with pytest.raises(DataInvalid, match="histogram") as info:
         prepare("mnist", tmp_path, sources=("present",))
     assert "train-labels-idx1-ubyte" in str(info.value)
+
+
+def pinned(info: DatasetInfo, directory: Path) -> DatasetInfo:
+    """`info` with the files in `directory` as its published ones (their sha256 pinned)."""
+    digests = {name: hashlib.sha256((directory / name).read_bytes()).hexdigest() for name in RAW_FILES}
+    return dataclasses.replace(info, sha256=digests)
+
+
+def test_a_same_size_change_to_a_published_file_is_refused_and_never_vouched_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    write_raw(raw)
+    monkeypatch.setitem(DATASETS, "mnist", pinned(TINY_MNIST, raw))
+    assert prepare("mnist", tmp_path, sources=("present",)) == raw
+    stamp = (raw / datasets._STAMP_NAME).read_text()
+    victim = raw / "train-images-idx3-ubyte"
+    damaged = bytearray(victim.read_bytes())
+    damaged[-1] ^= 0xFF  # one pixel: header, size and labels as they were
+    victim.write_bytes(bytes(damaged))
+    no_network(monkeypatch)
+    for sources in (("present",), None):  # every source: the file is named, never replaced
+        with pytest.raises(DataInvalid, match="checksum mismatch") as info:
+            prepare("mnist", tmp_path, sources=sources)
+        assert str(victim) in str(info.value) and "\n" not in str(info.value)
+    assert victim.read_bytes() == bytes(damaged)
+    assert (raw / datasets._STAMP_NAME).read_text() == stamp  # not rewritten to vouch for the change
+
+
+def test_the_stamp_vouches_for_the_content_wherever_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = tmp_path / "a" / "MNIST" / "raw"
+    write_raw(raw)
+    monkeypatch.setitem(DATASETS, "mnist", pinned(TINY_MNIST, raw))
+    prepare("mnist", tmp_path / "a", sources=("present",))
+    copy = tmp_path / "b" / "MNIST" / "raw"
+    shutil.copytree(raw, copy)  # new inodes and times, the same bytes and stamp
+
+    def must_not_run(*args: object) -> None:
+        raise AssertionError("validated again although the stamp vouches for these bytes")
+
+    monkeypatch.setattr(datasets, "_validate_dir", must_not_run)
+    assert prepare("mnist", tmp_path / "b", sources=("present",)) == copy
+
+
+def test_files_without_published_checksums_are_named_unverified(tiny: DatasetInfo, tmp_path: Path, run_cli) -> None:
+    assert DATASETS["mnist"].unverified() == list(RAW_FILES)  # the tiny stand-in has no digests
+    write_raw(tmp_path / "MNIST" / "raw")
+    done = run_cli("studies", "data", "--dataset", "mnist", "--data-root", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"unverified: no published checksum for {', '.join(RAW_FILES)}; structure and labels checked" in done.stdout
+
+
+@pytest.mark.data
+def test_the_prepared_files_are_the_published_ones() -> None:
+    for name, info in DATASETS.items():
+        assert info.unverified() == []
+        raw = prepare(name)
+        assert {f: datasets.file_sha256(raw / f) for f in RAW_FILES} == dict(info.sha256)
 
 
 def test_failed_sources_leave_nothing_behind(

@@ -1,9 +1,11 @@
 """The study engine under real use: specs that grow, interrupts, crashes, out of memory, retries,
 trials failed by another worker, clock skew, the choice of storage. The tasks here are stand-ins
 that return at once, so the tests exercise the engine's bookkeeping on real Optuna storages."""
+import errno
 import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from studies.engine.liveness import LEASE_ATTR, Liveness
 from studies.engine.runner import Interrupted, RunOptions, StudyRunner
 from studies.engine.storage import StorageError, choose_storage, migrate, open_storage, parse_url
 from studies.engine.tasks import TaskOutcome
+from studies.write_faults import WriteFailed
 from studies.spec.study import parse_spec
 from tests.storage_polling import wait_for_trials
 
@@ -113,6 +116,72 @@ def test_an_interrupt_marks_the_trial_and_uses_no_attempt(engine, interrupt, sai
     assert {t.user_attrs[FAILURE_ATTR] for t in interrupted} == {said}
     assert runner.states()[key] == "retry"
     assert runner.run() == {"done": 4}
+
+
+def full_disk(path="/results/smoke/checkpoints/x.pt"):
+    return WriteFailed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
+def test_a_full_disk_interrupts_the_trial_in_one_line_and_uses_no_attempt(engine):
+    key = "cnn_pool|augmentation=none|seed=0"
+    engine.task.plan[key] = [full_disk()] * 4
+    runner = engine()
+    for _ in range(4):  # more full disks than MAX_ATTEMPTS
+        with pytest.raises(WriteFailed) as stopped:
+            runner.run()
+        assert str(stopped.value).startswith("cannot write /results/smoke/checkpoints/x.pt: No space left on device")
+        assert "recorded as interrupted (no attempt used)" in str(stopped.value) and "\n" not in str(stopped.value)
+    failed = [t for t in runner.trials() if t.user_attrs.get(POINT_ATTR) == key]
+    assert len(failed) == 4 and all(t.state == TrialState.FAIL for t in failed)
+    assert all(t.user_attrs[FAILURE_ATTR].startswith("interrupted: cannot write") for t in failed)
+    assert runner.states()[key] == "retry"
+    assert runner.run() == {"done": 4}
+
+
+def test_a_storage_on_the_full_disk_leaves_the_trial_to_the_next_run(engine, monkeypatch):
+    """The storage cannot record the interruption: the run still ends in one line, and the next run
+    finds the trial's worker gone and retrains the point."""
+    key = "cnn_pool|augmentation=none|seed=0"
+    runner = engine()
+    disk = {"full": False}
+    record = runner.storage.set_trial_user_attr
+
+    def set_attr(*args):
+        if disk["full"]:
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError as error:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+        return record(*args)
+
+    def fill_the_disk():
+        disk["full"] = True
+        raise full_disk()
+
+    monkeypatch.setattr(runner.storage, "set_trial_user_attr", set_attr)
+    engine.task.plan[key] = [fill_the_disk]
+    with pytest.raises(WriteFailed) as stopped:
+        runner.run()
+    assert "the storage could not record the interruption either" in str(stopped.value)
+    (left,) = [t for t in runner.trials() if t.user_attrs.get(POINT_ATTR) == key]
+    assert left.state == TrialState.RUNNING
+    # This process stands in for the worker; as a separate run's would be, it is gone now.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record(runner._trial_id(left.number), LEASE_ATTR, {**left.user_attrs[LEASE_ATTR], "pid": int(gone.stdout)})
+    disk["full"] = False
+    assert engine().run() == {"done": 4}
+
+
+def test_a_full_disk_under_the_storage_is_one_line_naming_it(engine, monkeypatch):
+    runner = engine()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runner.storage, "set_trial_state_values", full)
+    with pytest.raises(WriteFailed) as stopped:
+        runner.run()
+    assert str(stopped.value).startswith(f"cannot write {runner.choice.path}: No space left on device")
 
 
 def test_out_of_memory_is_a_failure_with_its_reason_and_the_study_goes_on(engine):

@@ -13,6 +13,7 @@ PACKAGES = ("models", "studies", "bench")
 LAYERS = [
     ("models.compile_barrier", 0),  # imports nothing of the project; the routing and the DFT use it
     ("models.cpu", 0),
+    ("studies.write_faults", 0),  # imports nothing of the project; every layer that writes files uses it
     ("models", 1),
     ("studies.data", 2),
     ("studies.training", 3),

@@ -121,6 +121,25 @@ def test_unwritable_results_directory_is_one_line(stored, tmp_path, rejected):
     assert blocker.read_text() == "a file where the results directory should be"
 
 
+def test_paths_of_the_wrong_kind_are_one_line_each_and_change_nothing(stored, tmp_path, rejected):
+    spec_dir, results, database = stored
+    before = digest(database)
+    spec = str(spec_dir / "tiny.toml")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    one_line_error(rejected("--study", spec, "--storage", f"journal:{folder}", results=results),
+                   f"cannot open storage journal:{folder}: {folder} is a directory")
+    one_line_error(rejected("--study", spec, "--storage", "journal:/proc/x", results=results),
+                   "cannot open storage journal:/proc/x")
+    looks_like_a_spec = tmp_path / "folder.toml"
+    looks_like_a_spec.mkdir()
+    one_line_error(rejected("--study", str(looks_like_a_spec), results=results), f"{looks_like_a_spec} is a directory")
+    one_line_error(rejected("--study", str(folder), results=results), f"{folder} is a directory")
+    one_line_error(rejected("--study", "no-such-study", results=results),
+                   "unknown study 'no-such-study': neither a built-in study (ablation")
+    assert digest(database) == before
+
+
 def test_corrupt_dataset_is_one_line_and_changes_nothing(stored, tmp_path, rejected):
     spec_dir, results, database = stored
     before = digest(database)

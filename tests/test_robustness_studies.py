@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -86,19 +87,55 @@ def test_rotation_study_writes_curves_and_long_form_sweeps(robustness):
         assert (robustness / name).stat().st_size > 0
 
 
-def test_official_affnist_files_are_used_and_named_when_present(tmp_path):
-    folder = tmp_path / "affNIST"
-    folder.mkdir()
+def test_official_affnist_files_are_used_and_named_when_present(tmp_path, capsys):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (1600, 30), dtype=np.uint8)
     labels = rng.integers(0, 10, 30).astype(np.uint8)
-    scipy.io.savemat(folder / "test.mat", {"affNISTdata": {"image": images, "label_int": labels}})
+    scipy.io.savemat(tmp_path / "test.mat", {"affNISTdata": {"image": images, "label_int": labels}})
+    extracted = affnist_set_from(tmp_path / "extracted", {"affNIST/test.mat": tmp_path / "test.mat"})
+    # As downloaded, in a folder named in lower case: the same set, named by the file read.
+    downloaded = affnist_set_from(tmp_path / "downloaded", {"affnist/test.mat.zip": tmp_path / "test.mat"})
+    for chosen in (extracted, downloaded):
+        assert chosen.name == "affNIST" and len(chosen.split) == 30  # fewer than affnist_size: all of them
+        assert chosen.split.images.shape == (30, 1, 40, 40)
+        assert chosen.identity["source"] == "official affNIST test files"
+    assert extracted.identity == downloaded.identity
+    assert (extracted.files, downloaded.files) == ("affNIST/test.mat", "affnist/test.mat.zip")
+    said = capsys.readouterr().out
+    assert f"testing on the official affNIST test set, affnist/test.mat.zip in {tmp_path / 'downloaded'}" in said
+
+
+def affnist_set_from(root, files):
+    """affnist_set on a data root holding `files` (name -> .mat file; a .zip name holds the file)."""
+    import zipfile
+
+    for name, source in files.items():
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.write(source, source.name)
+        else:
+            target.write_bytes(source.read_bytes())
     spec = load_spec("affnist")
-    config = TrainConfig(data_root=str(tmp_path), device="cpu")
-    chosen = affnist_set(spec, spec.profile("smoke"), config)
-    assert chosen.name == "affNIST" and len(chosen.split) == 30  # fewer than affnist_size: all of them
-    assert chosen.split.images.shape == (30, 1, 40, 40)
-    assert chosen.identity["source"] == "official affNIST test files"
+    tasks._ROBUSTNESS_SETS.clear()
+    return affnist_set(spec, spec.profile("smoke"), TrainConfig(data_root=str(root), device="cpu"))
+
+
+def test_the_generated_set_is_announced_before_training(tmp_path, capsys, monkeypatch):
+    def small_generated_set(ranges, copies, seed, device, root):
+        images, labels = torch.zeros(20, 40, 40, dtype=torch.uint8), torch.arange(20) % 10
+        return SimpleNamespace(images=images, labels=labels, copies=copies, seed=seed, canvas=40, source_sha256="x")
+
+    monkeypatch.setattr(affnist_style, "mnist_affnist_style", small_generated_set)
+    spec = load_spec("affnist")
+    tasks._ROBUSTNESS_SETS.clear()
+    chosen = affnist_set(spec, spec.profile("smoke"), TrainConfig(data_root=str(tmp_path), device="cpu"))
+    tasks._ROBUSTNESS_SETS.clear()
+    assert chosen.name == affnist_style.DESCRIPTION and chosen.files == ""
+    said = capsys.readouterr().out
+    assert f"no official affNIST test files in {tmp_path / 'affNIST'}" in said
+    assert "testing on the generated affNIST-style set instead" in said
 
 
 def test_the_robustness_sets_identity_is_its_recipe_not_its_pixels(monkeypatch):

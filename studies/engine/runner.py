@@ -9,8 +9,11 @@ seed) and by a hash of everything its result depends on, so a spec that grows tr
 new and a changed budget retrains instead of mixing results.
 
 Failures: a divergence is final; a crash, a lost worker or running out of memory uses one of
-MAX_ATTEMPTS attempts; an interrupt (Ctrl-C, SIGTERM) uses none. `retry_failed` gives points that
-failed for good another round.
+MAX_ATTEMPTS attempts; an interrupt (Ctrl-C, SIGTERM) uses none, and neither does a write that
+fails for lack of space or a read-only disk: the point is not at fault. Such a write ends the run
+in one line (WriteFailed); where the storage cannot record the interruption either, the trial
+stays RUNNING and the next run finds its worker gone and retrains it. `retry_failed` gives points
+that failed for good another round.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ from studies.training import stop
 from studies.training.devices import resolve_device
 from studies.training.stop import Interrupted  # noqa: F401  (re-exported: the engine's interrupt)
 from studies.training.train import Diverged, train
+from studies.write_faults import WriteFailed, disk_fault, named_write_faults
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -97,13 +101,16 @@ class StudyRunner:
         task_identity = preflight(spec, self.profile, self._config(first))
         self.configs = {key: self._config(point) for key, point in self.points.items()}
         self.identities = {key: identity_hash(config.to_dict(), task_identity) for key, config in self.configs.items()}
-        if options.storage is None:
-            ensure_writable(options.results)
+        # Everything a run writes besides the storage (checkpoints, the report) goes under results,
+        # whatever --storage says: a directory that cannot take it is refused now, not after an epoch.
+        ensure_writable(options.results)
+        ensure_writable(options.results / "checkpoints", "checkpoint directory")
         self.choice = choose_storage(options.storage, options.results, options.workers)
         if announce:
             tqdm.write(f"{spec.name} [{options.profile}]: {self.choice.describe()}")
-        self.storage = open_storage(self.choice, options.heartbeat_s, options.grace_s)
-        self.study = open_study(spec, options, self.storage)
+        self.storage = open_storage(self.choice, options.heartbeat_s, options.grace_s)  # checks its directory
+        with self._storage_writes():
+            self.study = open_study(spec, options, self.storage)
         self.study_id = self.storage.get_study_id_from_name(self.study.study_name)
         self.liveness = Liveness(self.choice, options.heartbeat_s, options.grace_s)
 
@@ -130,8 +137,19 @@ class StudyRunner:
 
     # --- the worker loop ----------------------------------------------------------------------
 
+    def _storage_writes(self):
+        """Around the engine's own storage writes: a full or read-only disk under the storage ends the
+        run in one line naming the storage (a trial it could not finish recording is retrained by the
+        next run)."""
+        where = self.choice.path if self.choice.path is not None else self.choice.describe()
+        return named_write_faults(where, "once it has room (or is writable again), run the same command again")
+
     def run(self) -> dict[str, int]:
         """Train every missing point; returns the final point counts by state."""
+        with self._storage_writes():
+            return self._work()
+
+    def _work(self) -> dict[str, int]:
         if self.options.retry_failed:
             self._mark_retries()
         bar = tqdm(total=len(self.points), desc=f"{self.spec.name} [{self.options.profile}]", unit="trial",
@@ -225,16 +243,36 @@ class StudyRunner:
             except (torch.OutOfMemoryError, MemoryError) as error:
                 self._fail(trial_id, key, f"out of memory: {type(error).__name__}: {error}"[:500])
                 return
+            except WriteFailed as error:  # the disk's fault, not the point's: no attempt used
+                raise self._interrupted_by_disk(trial_id, key, error) from error
             except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: no attempt used; the checkpoint stays
                 how = "SIGTERM" if isinstance(error, Interrupted) else "Ctrl-C"
                 self._fail(trial_id, key, f"interrupted: {how}")
                 stop.clear()
                 raise
             except BaseException as error:  # recorded, then raised: a bug must stay visible
+                cause = disk_fault(error) if isinstance(error, Exception) else None
+                if cause is not None:  # a write that no one named (a library's cache): still the disk's fault
+                    failed = WriteFailed(cause.filename or "a file", cause)
+                    raise self._interrupted_by_disk(trial_id, key, failed) from error
                 self._fail(trial_id, key, f"error: {type(error).__name__}: {error}"[:500])
                 raise
         self._complete(trial, trial_id, key, outcome, {"wall_seconds": time.time() - started})
         checkpoint.unlink(missing_ok=True)
+
+    def _interrupted_by_disk(self, trial_id: int, key: str, error: WriteFailed) -> WriteFailed:
+        """Record the trial as interrupted (its last checkpoint, whole, stays); returns the error to
+        end the run with, saying what the next run will do."""
+        try:
+            self._fail(trial_id, key, f"interrupted: {error}")
+        except Exception as failure:  # the storage sits on the same disk
+            if disk_fault(failure) is None:
+                raise
+            return error.advising("the storage could not record the interruption either; once the disk has room "
+                                  "(or is writable again), run the same command again: it retrains the trial")
+        return error.advising("the trial was recorded as interrupted (no attempt used); once the disk has room (or "
+                              "is writable again), run the same command again: it resumes the trial from its last "
+                              "checkpoint, if any")
 
     def _set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         for name, value in attrs.items():

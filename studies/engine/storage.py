@@ -38,14 +38,26 @@ def results_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
     return base / profile
 
 
-def ensure_writable(directory: Path) -> Path:
-    """Create `directory` and prove it is writable, or fail with one clear line."""
+def ensure_writable(directory: Path, what: str = "results directory") -> Path:
+    """Create `directory` and prove it can be written, or fail with one clear line naming `what`."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
-            pass
     except OSError as error:
-        raise PermissionError(f"results directory {directory} is not writable: {error.strerror or error}") from None
+        raise PermissionError(f"{what} {directory} is not writable: {error.strerror or error}") from None
+    return prove_writable(directory, what)
+
+
+def prove_writable(directory: Path, what: str) -> Path:
+    """Write, sync and remove a small file in `directory` (which must exist): a read-only file system,
+    missing permissions or a disk already full fail here, in one line, rather than after training."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-") as probe:
+            # A byte really written: on a full disk creating an empty file still succeeds.
+            probe.write(b"\0")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        raise PermissionError(f"{what} {directory} is not writable: {error.strerror or error}") from None
     return directory
 
 
@@ -109,11 +121,12 @@ def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
     if isinstance(choice, str):
         choice = parse_url(choice)
     if choice.path is not None:
-        folder = choice.path.parent if str(choice.path.parent) else Path(".")
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise StorageError(f"cannot open storage {redact(choice.url)}: {folder} is not a writable directory")
+        _check_storage_file(choice)
     if choice.kind == "journal":
-        return JournalStorage(JournalFileBackend(str(choice.path)))
+        try:
+            return JournalStorage(WholeLineJournal(str(choice.path)))
+        except OSError as error:  # e.g. a path the file system will not create (journal:/proc/x)
+            raise StorageError(f"cannot open storage {redact(choice.url)}: {error.strerror or error}") from None
     url = _with_driver(choice.url)
     heartbeat = {}
     if choice.kind == "server" and heartbeat_s is not None:
@@ -133,6 +146,46 @@ def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
                 time.sleep(0.2 * (attempt + 1))
                 continue
             raise StorageError(f"cannot open storage {redact(url)}: {message}") from None
+
+
+def _check_storage_file(choice: StorageChoice) -> None:
+    """A storage file must be a file (or not yet exist) in a directory that can be written."""
+    path = choice.path
+    if path.is_dir():
+        example = f"journal:{path / JOURNAL_NAME}" if choice.kind == "journal" else f"sqlite:///{path / SQLITE_NAME}"
+        raise StorageError(f"cannot open storage {redact(choice.url)}: {path} is a directory; give a file in it, "
+                           f"e.g. {example}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise StorageError(f"cannot open storage {redact(choice.url)}: {folder} is not a writable directory")
+    try:
+        prove_writable(folder, "storage directory")
+    except PermissionError as error:
+        raise StorageError(f"cannot open storage {redact(choice.url)}: {error}") from None
+
+
+class WholeLineJournal(JournalFileBackend):
+    """Optuna's journal file, where an append that fails part-way (a full disk) is cut back to the
+    last whole line. Optuna skips a torn last line when reading, but the next append would continue
+    it, and the journal would no longer parse: every stored trial would be lost to a full disk.
+    capsbench's processes append under a lock of their own, so the length read before an append is
+    still the file's when a failed one is cut back."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = Path(path)
+        self.append_lock = self.path.with_name(self.path.name + ".append-lock")
+
+    def append_logs(self, logs: list[dict]) -> None:
+        with open(self.append_lock, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            start = self.path.stat().st_size if self.path.exists() else 0
+            try:
+                super().append_logs(logs)
+            except OSError:
+                with open(self.path, "r+b") as journal:
+                    journal.truncate(start)  # frees space; needs none
+                raise
 
 
 SCHEMA_RACE_ATTEMPTS = 8

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from tqdm.auto import tqdm
 
 import models
 from models.fields import ConfigError
@@ -133,6 +134,9 @@ class RobustnessSet:
     # The digest of the images as made here: for information only (a generated set's pixels may
     # round differently on another CPU or a GPU).
     output_sha256: str
+    # Which official files were read, relative to the data root (information for the report, not
+    # identity: the archive as downloaded and its extracted files are the same set); "" if generated.
+    files: str = ""
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -153,12 +157,23 @@ def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> Robus
     key = (str(root), settings.model_dump_json(), config.split_seed, str(device))
     if key in _ROBUSTNESS_SETS:
         return _ROBUSTNESS_SETS[key]
-    if affnist.find_affnist(root) is not None:
-        images, labels = affnist.load_affnist(root, "test")
+    official = affnist.find_split(root, "test")
+    files = ""
+    if official is not None:
+        images, labels = affnist.load_split(official)
         name = "affNIST"
         recipe = {"source": "official affNIST test files",
                   "source_sha256": affnist_style.source_fingerprint(images, labels)}
+        folder = official.directory.relative_to(root)
+        files = official.found if folder == Path(".") else f"{folder}/{official.found}"
+        tqdm.write(f"affnist: testing on the official affNIST test set, {files} in {root} "
+                   f"({labels.shape[0]} images)")
     else:
+        # Said before anything trains, not only in REPORT.md: a user who meant to supply the files
+        # learns now that they were not found.
+        tqdm.write(f"affnist: no official affNIST test files in {root / affnist.FOLDER} (test.mat.zip or "
+                   f"test_batches.zip from {affnist.PAGE}, or the .mat files they hold); testing on the "
+                   "generated affNIST-style set instead")
         ranges = affnist_style.AffineRanges(**settings.ranges.model_dump())
         generated = affnist_style.mnist_affnist_style(
             ranges, copies=settings.copies, seed=settings.generator_seed, device=device,
@@ -175,7 +190,7 @@ def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> Robus
         recipe["subset"] = {"images": settings.affnist_size, "stratified_seed": config.split_seed}
     recipe["images"] = int(labels.shape[0])
     output = affnist_style.source_fingerprint(images.cpu(), labels.cpu())
-    chosen = RobustnessSet(Split(images.unsqueeze(1).to(device), labels.to(device)), name, recipe, output)
+    chosen = RobustnessSet(Split(images.unsqueeze(1).to(device), labels.to(device)), name, recipe, output, files)
     _ROBUSTNESS_SETS[key] = chosen
     return chosen
 
@@ -193,7 +208,8 @@ def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: 
     metrics = curve_metrics(result, rows)
     metrics.update(affnist_accuracy=rows[-1]["affnist_accuracy"],
                    robustness_set=robustness.name,
-                   robustness_details={**robustness.recipe, "output_sha256": robustness.output_sha256})
+                   robustness_details={**robustness.recipe, "output_sha256": robustness.output_sha256,
+                                       **({"files": robustness.files} if robustness.files else {})})
     return TaskOutcome(metrics=metrics, rows=rows)
 
 

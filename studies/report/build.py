@@ -15,6 +15,7 @@ from studies.report.multimnist import multimnist_section
 from studies.report.paper import TABLE1_MULTIMNIST
 from studies.report.robustness import affnist_section, rotation_section
 from studies.report.section import Section
+from studies.report.staging import staged
 from studies.report.trials import load_trials
 from studies.spec.study import StudySpec, builtin_names, load_spec
 
@@ -87,11 +88,14 @@ def absent_section(spec: StudySpec, profile: str) -> Section:
 
 
 def build_report(specs: list[StudySpec], options: RunOptions, out: Path) -> Path:
-    sections = [SECTION_BUILDERS[spec.kind](load_trials(spec, options), out)
-                for spec in specs if spec.kind in SECTION_BUILDERS]
-    ran = {spec.name for spec in specs}
-    for name in builtin_names():
-        spec = load_spec(name)
-        if name not in ran and options.profile not in spec.profiles and spec.kind in SECTION_BUILDERS:
-            sections.append(absent_section(spec, options.profile))
-    return write_report(sections + extra_sections(out), options, out)
+    """Every file written whole into `out` (studies/report/staging.py); returns REPORT.md's path."""
+    with staged(out) as staging:
+        sections = [SECTION_BUILDERS[spec.kind](load_trials(spec, options), staging)
+                    for spec in specs if spec.kind in SECTION_BUILDERS]
+        ran = {spec.name for spec in specs}
+        for name in builtin_names():
+            spec = load_spec(name)
+            if name not in ran and options.profile not in spec.profiles and spec.kind in SECTION_BUILDERS:
+                sections.append(absent_section(spec, options.profile))
+        report = write_report(sections + extra_sections(out), options, staging)
+    return out / report.name

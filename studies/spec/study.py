@@ -214,20 +214,34 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in SPEC_DIR.glob("*.toml"))
 
 
+def spec_path(name_or_path: str) -> Path:
+    """The file of a built-in study (a name without a suffix) or of a spec given by path; SpecError
+    saying which of the two `name_or_path` is not."""
+    builtin = SPEC_DIR / f"{name_or_path}.toml"
+    if "/" not in name_or_path and not Path(name_or_path).suffix and builtin.is_file():
+        return builtin
+    path = Path(name_or_path)
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory; a study is a built-in name ({', '.join(builtin_names())}) or a "
+                        ".toml spec file")
+    if not path.is_file():
+        if path.suffix or "/" in name_or_path:
+            raise SpecError(f"spec file {path} does not exist")
+        raise SpecError(f"unknown study {name_or_path!r}: neither a built-in study ({', '.join(builtin_names())}) "
+                        "nor an existing spec file")
+    return path
+
+
 def load_spec(name_or_path: str, dataset: str | None = None) -> StudySpec:
     """A built-in study by name (studies/specs/<name>.toml) or a spec file by path; `dataset`
     overrides the spec's own (an error where the study does not support it)."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = SPEC_DIR / f"{name_or_path}.toml"
-        if not path.exists():
-            raise SpecError(f"unknown study {name_or_path!r}; built-in studies: {', '.join(builtin_names())}")
-    if not path.exists():
-        raise SpecError(f"spec file {path} does not exist")
+    path = spec_path(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:  # unreadable: permissions, a broken link, a disk error
+        raise SpecError(f"spec file {path} cannot be read: {error.strerror or error}") from None
     spec = parse_spec(data, str(path))
     if dataset is not None and dataset != spec.dataset:
         if not spec.supports(dataset):

@@ -48,6 +48,12 @@ def check() -> None:
         raise _pending
 
 
+def requested() -> bool:
+    """A signal came (and was not yet handled): an error raised meanwhile may be its echo, e.g. an
+    import it interrupted half-way."""
+    return _pending is not None
+
+
 def clear() -> None:
     """The request has been handled (its trial marked interrupted)."""
     global _pending

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,7 @@ import models
 from models.fields import ConfigError
 from models.multimnist import pair_correct, predict_pair
 from studies.data import datasets
+from studies.data.atomic_save import save_atomically
 from studies.data.augment import parse_augmentation
 from studies.data.expanded import expanded_test_set, place_on_canvas
 from studies.data.subsets import train_val_test_indices
@@ -170,11 +170,9 @@ def _run_identity(config: TrainConfig) -> dict:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic write, so a crash mid-save leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    """Atomic write, so a crash mid-save leaves the previous checkpoint intact; a full or read-only
+    disk raises WriteFailed naming the checkpoint and leaves no partial file."""
+    save_atomically(state, path)
 
 
 def load_checkpoint(path: Path | None, config: TrainConfig, device: torch.device) -> dict | None:
