@@ -62,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         options = options_from_args(args)
         # Refused before anything is measured, not after minutes of timing.
         out = ensure_writable(Path(args.out) if args.out else results_dir(options.profile))
-        rows = run_benchmark(options, log=lambda line: print(line, file=sys.stderr, flush=True),
-                             on_row=RowAppender(out))
+        measured = RowAppender(out)
+        rows = run_benchmark(options, log=lambda line: print(line, file=sys.stderr, flush=True), on_row=measured)
         paths = write_tables(rows, out)
+        measured.finished()
+        _print_results(args, rows, paths)  # still under this handler: a Ctrl-C here is no start-up one
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -79,15 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         signal.signal(signal.SIGINT, previous)
+    return 0
+
+
+def _print_results(args, rows: list[dict], paths: list[Path]) -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        print(Path(paths[1]).read_text())
-    if args.json:
         for line in summary_lines(rows):
             print(line, file=sys.stderr)
+    else:
+        print(Path(paths[1]).read_text())
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ that fails, hangs or is stopped at its limit costs only itself. In this order:
    speeds to train-<model>.json. CapsNet's target is 30,000 training images/s;
 3. the `cuda` tests (tests/test_cuda.py; cuda-tests.xml);
 4. the bench on CUDA (`python -m bench`, quick profile; each row appended to its
-   throughput-cuda-*.csv as it is measured): bf16, the routing comparison (in routing-comparison/),
-   fp32, and CapsNet compiled at batch 128 (each model, batch size and mode compiles anew).
+   throughput-cuda-*.rows.csv as it is measured, the tables written when a stage ends): bf16, the
+   routing comparison (in routing-comparison/), fp32, and CapsNet compiled at batch 128 (each
+   model, batch size and mode compiles anew).
 
 summary.json and summary.md, rewritten after every stage, give each stage's status (passed, failed,
 skipped with its reason, or stopped at its limit), time and headline figure; gpu-check.log has the
@@ -109,13 +110,14 @@ def _tests_headline(out: Path, output: str) -> str:
     return ""
 
 
-def _bench_headline(csv_name: str) -> Callable[[Path, str], str]:
+def _bench_headline(stem: str) -> Callable[[Path, str], str]:
     def headline(out: Path, output: str) -> str:
-        path = out / csv_name
+        table, measured = out / f"{stem}.csv", out / f"{stem}.rows.csv"  # finished, or as far as it got
+        path = table if table.exists() else measured
         if not path.exists():
             return "no row measured"
         rows = list(csv.DictReader(path.open()))
-        line = f"{len(rows)} rows"
+        line = f"{len(rows)} rows" + ("" if path == table else " (stopped before its tables were written)")
         capsnet = [r for r in rows if r["model"] == "capsnet" and r["mode"] == "train"]
         compared = [r for r in capsnet if r["section"] == "routing"]
         if compared:
@@ -146,22 +148,22 @@ def plan(out: Path) -> list[Stage]:
         Stage("cuda-tests", "the cuda tests (tests/test_cuda.py)",
               ("-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-m", "cuda", "tests/test_cuda.py",
                "--junitxml", str(out / "cuda-tests.xml")), 100.0, ("cuda-tests.xml",), _tests_headline),
-        Stage("bench-bf16", "bench, bf16, every model at batch 32, 128, 512",
-              bench(out, every, "32,128,512", "--bf16", "--no-references"), 45.0,
-              ("throughput-cuda-bf16.csv", "throughput-cuda-bf16.md"), _bench_headline("throughput-cuda-bf16.csv")),
+        _bench_stage("bench-bf16", "bench, bf16, every model at batch 32, 128, 512",
+                     bench(out, every, "32,128,512", "--bf16", "--no-references"), 45.0, "throughput-cuda-bf16"),
         # Five processes of their own, each settled before the rounds are timed.
-        Stage("bench-routing", "bench, bf16, CapsNet against the reference implementations (batch 64)",
-              bench(routing, "capsnet", "64", "--bf16"), 55.0,
-              ("routing-comparison/throughput-cuda-bf16.csv", "routing-comparison/throughput-cuda-bf16.md"),
-              _bench_headline("routing-comparison/throughput-cuda-bf16.csv")),
-        Stage("bench-fp32", "bench, fp32, every model at batch 128 and 512",
-              bench(out, every, "128,512", "--no-references"), 30.0,
-              ("throughput-cuda-fp32.csv", "throughput-cuda-fp32.md"), _bench_headline("throughput-cuda-fp32.csv")),
-        Stage("bench-compiled", "bench, bf16 compiled, CapsNet at batch 128",
-              bench(out, "capsnet", "128", "--bf16", "--compile", "--no-references"), 45.0,
-              ("throughput-cuda-bf16-compiled.csv", "throughput-cuda-bf16-compiled.md"),
-              _bench_headline("throughput-cuda-bf16-compiled.csv")),
+        _bench_stage("bench-routing", "bench, bf16, CapsNet against the reference implementations (batch 64)",
+                     bench(routing, "capsnet", "64", "--bf16"), 55.0, "routing-comparison/throughput-cuda-bf16"),
+        _bench_stage("bench-fp32", "bench, fp32, every model at batch 128 and 512",
+                     bench(out, every, "128,512", "--no-references"), 30.0, "throughput-cuda-fp32"),
+        _bench_stage("bench-compiled", "bench, bf16 compiled, CapsNet at batch 128",
+                     bench(out, "capsnet", "128", "--bf16", "--compile", "--no-references"), 45.0,
+                     "throughput-cuda-bf16-compiled"),
     ]
+
+
+def _bench_stage(name: str, what: str, argv: tuple[str, ...], limit_s: float, stem: str) -> Stage:
+    """A bench stage: its rows as measured (<stem>.rows.csv) and its finished tables."""
+    return Stage(name, what, argv, limit_s, (f"{stem}.csv", f"{stem}.md", f"{stem}.rows.csv"), _bench_headline(stem))
 
 
 def environment_stage(out: Path) -> Stage:
@@ -206,6 +208,8 @@ class Run:
             self.skip(stage, f"{max(left, 0):.0f} s of the {self.budget_s:.0f} s budget left")
             return self.outcomes[-1]
         limit = min(stage.limit_s, left)
+        for name in stage.results:  # an earlier run's results must not pass for this one's
+            (self.out / name).unlink(missing_ok=True)
         log_path = self.out / "logs" / f"{stage.name}.log"
         self.log(f"{stage.name}: {stage.what} (limit {limit:.0f} s; output in {log_path})")
         started = time.perf_counter()
@@ -282,7 +286,9 @@ def _write_atomic(path: Path, text: str) -> None:
 def _run_logged(command: list[str], limit_s: float, log_path: Path) -> tuple[str, int | None, bool]:
     """Run `command`, each output line to `log_path` and the console as it comes; kill its whole
     process group at `limit_s`. Returns (output, exit code, stopped at the limit)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    # The project first; a cluster's environment modules may bring torch through PYTHONPATH too.
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
     # cuBLAS is deterministic only with a fixed workspace, chosen before its first use in a process
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     lines: list[str] = []
@@ -308,11 +314,10 @@ def _run_logged(command: list[str], limit_s: float, log_path: Path) -> tuple[str
             process.wait(timeout=limit_s)
         except subprocess.TimeoutExpired:
             stopped = True
-        finally:  # at its limit, or when the check itself is interrupted: the stage's session goes too
-            if process.poll() is None or stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        finally:  # at its limit, when the check is interrupted, or left behind by the stage: its session goes
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         copier.join(timeout=10)  # a grandchild outside the group could hold the pipe open
         if stopped:
             log_file.write(f"STOPPED at its limit of {limit_s:.0f} s\n")
@@ -465,18 +470,21 @@ def check(out: Path, budget_s: float) -> int:
     described = _describe(facts, driver)
     run.facts.update(environment=described, driver=driver.version, gpus=list(driver.gpus), torch=facts)
     run.log(described)
-    if environment.status != "passed":
-        reason = "the environment stage did not pass (see logs/environment.log)"
-    elif facts.get("cuda_available"):
+    if environment.status == "passed" and facts.get("cuda_available"):
         reason = ""
-    elif driver.gpus:
-        likely = (f"torch's CUDA {facts['cuda_build']} may be newer than driver {driver.version} supports"
-                  if facts.get("cuda_build") else "this torch is a CPU build")
+    elif driver.gpus:  # a GPU the driver lists and torch was not seen to use: the machine is broken
+        if environment.status != "passed":
+            why = f"the environment stage {environment.status} ({environment.reason}; see logs/environment.log)"
+        else:
+            likely = (f"torch's CUDA {facts['cuda_build']} may be newer than driver {driver.version} supports"
+                      if facts.get("cuda_build") else "this torch is a CPU build")
+            why = f"{facts.get('cuda_error', 'torch.cuda.is_available() is False')}: {likely}"
         environment.status = "failed"
-        environment.reason = (f"nvidia-smi lists {len(driver.gpus)} GPU(s) but torch cannot use them "
-                              f"({facts.get('cuda_error', 'torch.cuda.is_available() is False')}): {likely}")
+        environment.reason = f"nvidia-smi lists {len(driver.gpus)} GPU(s) but torch was not seen to use them: {why}"
         run.log("FAILED: " + environment.reason)
         reason = "torch cannot use the GPU nvidia-smi lists"
+    elif environment.status != "passed":
+        reason = "the environment stage did not pass (see logs/environment.log)"
     else:
         reason = "no CUDA device (nvidia-smi lists no GPU and torch sees none)"
     environment.headline = described

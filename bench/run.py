@@ -2,7 +2,7 @@
 
 `run_benchmark(options) -> rows` and `write_tables(rows, out_dir) -> paths` are the API the
 study engine calls (the `throughput` study); `python -m bench` is the command line, which also
-appends each row to its CSV as it is measured (`RowAppender`), so a run stopped part-way leaves
+appends each row to <stem>.rows.csv as it is measured (`RowAppender`), so a run stopped part-way leaves
 the rows it measured.
 
 Rows come in three sections:
@@ -312,16 +312,18 @@ def summary_lines(rows: list[dict]) -> list[str]:
 
 
 class RowAppender:
-    """`on_row` for run_benchmark: appends each row to <stem>.csv in `out_dir` as it is measured (the
-    file is started afresh with this run's first row of that stem), so a run stopped part-way leaves
-    its rows on disk; write_tables rewrites the file whole at the end."""
+    """`on_row` for run_benchmark: appends each row to <stem>.rows.csv in `out_dir` as it is measured
+    (started afresh with this run's first row of that stem), so a run stopped part-way leaves the
+    rows it measured; the tables (<stem>.csv, <stem>.md) are written whole at the end, and only
+    then, so a part-run is never taken for a finished table (the throughput study skips a table
+    that exists)."""
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out = Path(out_dir)
         self.started: set[Path] = set()
 
     def __call__(self, row: dict) -> None:
-        path = self.out / f"{table_stem([row])}.csv"
+        path = self.out / f"{table_stem([row])}.rows.csv"
         first = path not in self.started
         self.out.mkdir(parents=True, exist_ok=True)
         with path.open("w" if first else "a", newline="") as handle:
@@ -330,6 +332,21 @@ class RowAppender:
                 writer.writeheader()
             writer.writerow(row)
         self.started.add(path)
+
+    def finished(self) -> None:
+        """The tables are written: the rows kept as they came are no longer needed."""
+        for path in self.started:
+            path.unlink(missing_ok=True)
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, renamed over it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _markdown(frame, columns, floatfmt=".4g") -> str:
@@ -348,7 +365,7 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     stem = table_stem(rows)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     csv_path = out / f"{stem}.csv"
-    frame.to_csv(csv_path, index=False)
+    _replace(csv_path, frame.to_csv(index=False))
 
     env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "cpu_bf16_isa", "channels_last",
                    "cpu_kernels", "image_size", "profile"]
@@ -411,5 +428,5 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
     if summary:
         parts += ["", "## Summary", ""] + summary
     md_path = out / f"{stem}.md"
-    md_path.write_text("\n".join(parts) + "\n")
+    _replace(md_path, "\n".join(parts) + "\n")
     return [csv_path, md_path]

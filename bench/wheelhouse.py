@@ -171,7 +171,8 @@ def plan_packages(python: str, platform: str, add: list[str], with_common_stack:
     from packaging.requirements import Requirement
 
     ours = [text for text in project_dependencies() + add if canonical(Requirement(text).name) not in MACHINE_OWN]
-    items = resolve(ours + [name for name in COMMON_STACK if name not in ours], python, platform)
+    named = {canonical(Requirement(text).name) for text in ours}
+    items = resolve(ours + [name for name in COMMON_STACK if canonical(name) not in named], python, platform)
     wanted = closure(ours, items, python, platform)
     if not with_common_stack:
         wanted -= closure(list(COMMON_STACK), items, python, platform)
@@ -222,6 +223,20 @@ def _size_mb(folder: Path) -> float:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 1e6
 
 
+def _is_wheelhouse(folder: Path) -> bool:
+    """An empty folder, or one this module wrote (its manifest has our keys): the only kinds `build`
+    may replace."""
+    if not folder.is_dir():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"capsbench", "packages", "left_to_the_machine"} <= set(manifest)
+
+
 def build(out: Path, python: str = DEFAULT_PYTHON, platform: str = DEFAULT_PLATFORM, add: list[str] = (),
           with_common_stack: bool = False, datasets: list[str] = ("mnist",), data_root: Path | None = None,
           max_mb: float | None = None) -> dict:
@@ -230,8 +245,9 @@ def build(out: Path, python: str = DEFAULT_PYTHON, platform: str = DEFAULT_PLATF
     if not re.fullmatch(r"3\.\d+", python):
         raise WheelhouseError(f"not a Python version: {python!r} (e.g. 3.12)")
     platform_tags(platform)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise WheelhouseError(f"{out} exists and is not a wheelhouse (no {MANIFEST}); choose another --out")
+    if out.exists() and not _is_wheelhouse(out):
+        raise WheelhouseError(f"{out} exists and is not a wheelhouse written here (no {MANIFEST} of ours); choose "
+                              "another --out")
     if max_mb is None:  # the usual stack is hundreds of MB: no default limit for it
         max_mb = (float("inf") if with_common_stack
                   else DEFAULT_MAX_MB_WITH_FASHION if "fashion_mnist" in datasets else DEFAULT_MAX_MB)

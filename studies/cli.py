@@ -337,12 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as error:
-        if stop.requested():  # the interrupt, surfacing as whatever it landed in (a half-done import)
+        # The interrupt, surfacing as what it landed in: a half-done import, a recursion in a handler.
+        if stop.requested() and isinstance(error, (ImportError, RecursionError)):
             return _interrupted()
         cause = disk_fault(error)  # a write no one named: still one line, with the file where known
         if cause is None:
             raise
-        print(f"error: {WriteFailed(cause.filename or 'to disk', cause)}", file=sys.stderr)
+        print(f"error: {WriteFailed(cause.filename or 'to disk', cause)} ({type(error).__name__})", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         stop.restore(previous)

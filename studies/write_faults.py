@@ -33,9 +33,16 @@ class WriteFailed(Exception):
         return WriteFailed(self.path, self.cause, advice)
 
 
+# Exceptions that wrap a write's failure in their own words, the failure left as their context:
+# torch's file writer (RuntimeError), Optuna's storages (StorageInternalError), SQLAlchemy's
+# (OperationalError, with the driver's error as `orig`). Any other exception is followed through
+# its explicit cause only, so a bug raised while a disk error was being handled stays a bug.
+WRAPPERS = ("RuntimeError", "StorageInternalError", "OperationalError")
+
+
 def disk_fault(error: BaseException) -> OSError | None:
-    """The disk's OSError behind `error` (its causes, contexts, a database driver's original
-    error), or None when the failure is not the disk's."""
+    """The disk's OSError behind `error` (its causes, the context of a library's wrapper, a database
+    driver's original error), or None when the failure is not the disk's."""
     pending, seen = [error], set()
     while pending:
         current = pending.pop()
@@ -49,14 +56,17 @@ def disk_fault(error: BaseException) -> OSError | None:
         for message, number in SQLITE_MESSAGES.items():
             if type(current).__name__ == "OperationalError" and message in str(current):
                 return OSError(number, os.strerror(number))
-        pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+        pending.append(current.__cause__)
+        if type(current).__name__ in WRAPPERS:
+            pending += [current.__context__, getattr(current, "orig", None)]
     return None
 
 
 @contextlib.contextmanager
 def named_write_faults(path: object, advice: str = "") -> Iterator[None]:
-    """Inside, a write that fails because of the disk raises WriteFailed naming `path` (or the file
-    the OSError names); a WriteFailed raised further in keeps its own path."""
+    """Inside, a write that fails because of the disk raises WriteFailed naming `path` (what the
+    caller was writing, not a temporary file beside it); a WriteFailed raised further in keeps its
+    own path."""
     try:
         yield
     except WriteFailed:
@@ -65,4 +75,4 @@ def named_write_faults(path: object, advice: str = "") -> Iterator[None]:
         cause = disk_fault(error)
         if cause is None:
             raise
-        raise WriteFailed(cause.filename or path, cause, advice) from error
+        raise WriteFailed(path, cause, advice) from error

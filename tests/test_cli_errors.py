@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,7 +55,17 @@ def test_ctrl_c_during_start_up_is_one_line(program, tmp_path):
     started = subprocess.Popen([sys.executable, "-m", program, *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.4)  # past the interpreter's own start, well before torch is imported
+    # While torch is being imported (its library mapped, the import not done): the entry point's
+    # guard is in place by then, and start-up is not over.
+    maps = Path(f"/proc/{started.pid}/maps")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and started.poll() is None:
+        try:
+            if "libtorch" in maps.read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
     started.send_signal(signal.SIGINT)
     _, stderr = started.communicate(timeout=60)
     assert started.returncode == 130, stderr

@@ -2,6 +2,8 @@
 
 On synthetic splits, so no data files are needed; a tiny CNN keeps inductor's build short. CUDA
 variants are in tests/test_cuda.py."""
+import math
+
 import pytest
 import torch
 
@@ -126,3 +128,29 @@ def test_checkpoints_are_written_every_n_epochs(tmp_path):
 
     train(tiny(epochs=3, checkpoint_every=2), splits=synthetic_splits(), on_epoch=look, checkpoint=tmp_path / "run.pt")
     assert written == [False, False, True]  # looked at before each epoch's save: saved after epoch 2 only
+
+
+def test_a_backward_that_fails_to_compile_falls_back_too(monkeypatch):
+    """Inductor compiles the backward at the first backward(): a failure there (the forward having
+    compiled) also falls back, with one warning, and the run trains on eagerly."""
+
+    class BrokenBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, loss):
+            return loss.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("triton: no working CUDA toolchain")
+
+    def half_broken_compile(function, **options):
+        def compiled(*args):
+            scores, loss = function(*args)
+            return scores, BrokenBackward.apply(loss)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", half_broken_compile)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*no working CUDA toolchain") as caught:
+        result = train(tiny(compile="on"), splits=synthetic_splits())
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
+    assert result.images_seen == 80 and all(math.isfinite(r["train_loss"]) for r in result.history)

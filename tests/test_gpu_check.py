@@ -119,24 +119,29 @@ def test_headlines_come_from_what_a_stage_left_even_when_it_was_stopped(tmp_path
     assert gpu_check._tests_headline(tmp_path, tests) == "1 failed, 14 passed in 81.20s"
 
 
-def _rows_on_disk(out: Path, row: dict) -> list[dict]:
-    with (out / f"{table_stem([row])}.csv").open() as handle:
+def _rows_on_disk(path: Path) -> list[dict]:
+    with path.open() as handle:
         return list(csv.DictReader(handle))
 
 
-def test_bench_rows_reach_the_csv_as_they_are_measured(tmp_path):
+def test_bench_rows_reach_the_disk_as_they_are_measured_and_the_table_only_at_the_end(tmp_path):
     options = BenchOptions(profile="smoke", models=("cnn_pool",), batch_sizes=(1, 2), device="cpu", references=False)
-    (tmp_path / "throughput-cpu-fp32.csv").write_text("section\nan earlier run's row\n")
+    (tmp_path / "throughput-cpu-fp32.rows.csv").write_text("section\nan earlier run's row\n")
     appender = RowAppender(tmp_path)
     on_disk = []
 
     def on_row(row):
         appender(row)
-        on_disk.append(_rows_on_disk(tmp_path, row))
+        on_disk.append(_rows_on_disk(tmp_path / f"{table_stem([row])}.rows.csv"))
+        # A part-run never leaves a table the throughput study would take as finished.
+        assert not (tmp_path / f"{table_stem([row])}.csv").exists()
 
     rows = run_benchmark(options, on_row=on_row)
     assert [len(table) for table in on_disk] == [1, 2, 3, 4]  # a run stopped after row k leaves k rows
     assert [(r["batch"], r["mode"]) for r in on_disk[-1]] == [("1", "train"), ("1", "infer"), ("2", "train"),
                                                               ("2", "infer")]
     write_tables(rows, tmp_path)
-    assert _rows_on_disk(tmp_path, rows[0]) == on_disk[-1]  # the finished table has the same rows
+    # the finished table has the same rows; then the rows as they came go
+    assert _rows_on_disk(tmp_path / f"{table_stem(rows)}.csv") == on_disk[-1]
+    appender.finished()
+    assert not (tmp_path / f"{table_stem(rows)}.rows.csv").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import torch
 
 from studies.data.atomic_save import save_atomically
 from studies.data.augment import AffineParams, affine_matrices, warp
+from studies.write_faults import WriteFailed
 
 DESCRIPTION = "affNIST-style (generated)"
 CANVAS = 40
@@ -319,7 +321,11 @@ def _read_cache(path: Path, expected: dict[str, object]) -> AffineStyleSet | Non
 
 
 def _write_cache(path: Path, result: AffineStyleSet) -> None:
-    save_atomically(_to_payload(result), path)
+    # The cache only spares generating the set again: a disk that cannot take it is not a fault.
+    try:
+        save_atomically(_to_payload(result), path)
+    except WriteFailed as error:
+        warnings.warn(f"{error}; the set is used without a cache and generated again next time", stacklevel=3)
 
 
 def default_cache_dir() -> Path:

@@ -340,7 +340,8 @@ def _write_stamp(info: DatasetInfo, raw_dir: Path) -> None:
         tmp.write_text(json.dumps(_stamp_payload(info, raw_dir)))
         os.replace(tmp, stamp)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even removing what is not there
+            tmp.unlink(missing_ok=True)
 
 
 # --- sources -----------------------------------------------------------------

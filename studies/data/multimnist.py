@@ -44,8 +44,9 @@ import torch.nn.functional as F
 
 from models.fields import ConfigError
 from studies.data.atomic_save import save_atomically
-from studies.data.subsets import stratified_subset
 from studies.data.augment import shift
+from studies.data.subsets import stratified_subset
+from studies.write_faults import WriteFailed
 
 DESCRIPTION = "MultiMNIST (generated)"
 SOURCE_SIDE = 28
@@ -379,7 +380,11 @@ def _read_cache(path: Path, expected: dict[str, object], labels: torch.Tensor) -
 
 
 def _write_cache(path: Path, result: MultiMNISTSet) -> None:
-    save_atomically(_to_payload(result), path)
+    # The cache only spares generating the set again: a disk that cannot take it is not a fault.
+    try:
+        save_atomically(_to_payload(result), path)
+    except WriteFailed as error:
+        warnings.warn(f"{error}; the set is used without a cache and generated again next time", stacklevel=3)
 
 
 def default_cache_dir() -> Path:

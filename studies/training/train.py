@@ -172,6 +172,9 @@ def _run_identity(config: TrainConfig) -> dict:
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic write, so a crash mid-save leaves the previous checkpoint intact; a full or read-only
     disk raises WriteFailed naming the checkpoint and leaves no partial file."""
+    # A save killed part-way (SIGKILL, power loss) leaves its temporary file; a trial has one writer.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     save_atomically(state, path)
 
 
@@ -248,30 +251,64 @@ def _scores_and_loss(model: torch.nn.Module) -> StepForward:
 
 class CompiledOrEager:
     """The compiled training step, or the eager one if compiling fails (inductor or Triton missing
-    or broken on the machine): one warning, and the run goes on eagerly. Only failures before the
-    compiled step first succeeds fall back; a later error is the run's own."""
+    or broken on the machine): one warning, and the run goes on eagerly. Inductor compiles the
+    forward at the first call and the backward at the first `backward()`; a failure in either
+    before the first compiled step has gone through (`confirm`) falls back, and that batch is run
+    again eagerly (its dropout draws are then taken twice). A later error is the run's own."""
 
     def __init__(self, compiled: StepForward, eager: StepForward):
         self.compiled, self.eager = compiled, eager
-        self.succeeded = False
+        self.confirmed = False
 
     def __call__(self, *args):
         if self.compiled is None:
             return self.eager(*args)
-        if self.succeeded:
+        if self.confirmed:
             return self.compiled(*args)
         try:
-            result = self.compiled(*args)
-        except (torch.OutOfMemoryError, KeyboardInterrupt):
+            return self.compiled(*args)
+        except torch.OutOfMemoryError:
             raise
         except Exception as error:  # whatever the compiler stack raises; the eager step is the same function
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-            warnings.warn(f"torch.compile failed ({type(error).__name__}: {first}); training runs eagerly",
-                          RuntimeWarning, stacklevel=2)
-            self.compiled = None
+            self.fall_back(error)
             return self.eager(*args)
-        self.succeeded = True
-        return result
+
+    def may_fall_back(self) -> bool:
+        return self.compiled is not None and not self.confirmed
+
+    def fall_back(self, error: Exception) -> None:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {first}); training runs eagerly",
+                      RuntimeWarning, stacklevel=3)
+        self.compiled = None
+
+    def confirm(self) -> None:
+        """The compiled forward and backward have both run once."""
+        self.confirmed = self.compiled is not None
+
+
+def _forward_backward(forward: StepForward, eager: StepForward, optimizer, device: torch.device, bf16: bool,
+                      *batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and loss of a batch, its gradients in the parameters. A compiled step whose backward
+    fails to compile before the step was ever confirmed falls back, and the batch runs eagerly."""
+    with autocast(device, bf16):
+        scores, loss = forward(*batch)
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        loss.backward()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as error:
+        if not (isinstance(forward, CompiledOrEager) and forward.may_fall_back()):
+            raise
+        forward.fall_back(error)
+        with autocast(device, bf16):
+            scores, loss = eager(*batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    if isinstance(forward, CompiledOrEager):
+        forward.confirm()
+    return scores, loss
 
 
 class EpochCounters:
@@ -302,6 +339,8 @@ class EpochCounters:
         compiled = self.compiled is not None and self.training_step.compiled is not None
         count = self.compiled if compiled and full_batch else _count_step
         count(self.loss_sum, self.correct, self.first_bad_step, self.step, loss.detach(), scores.detach(), labels)
+        if count is self.compiled:
+            self.compiled.confirm()
 
     def raise_if_diverged(self, epoch: int) -> None:
         step = int(self.first_bad_step.item())
@@ -329,7 +368,8 @@ def train(
     raise StopTraining to end early, or anything else to abort (e.g. to prune). `check` runs after
     the steps it says are due and may raise StopTraining too. Here the test split is evaluated once,
     after training has stopped (a check may read it, never to choose anything). `model` replaces the freshly built one and is trained in place (callers
-    keep a handle on it). With `checkpoint`, the full training state is saved after every epoch,
+    keep a handle on it). With `checkpoint`, the full training state is saved every
+    `config.checkpoint_every` epochs,
     and a run of the same configuration resumes from it: the same result as an uninterrupted run.
     `splits`, as `load_splits` returns them, spares a caller that needs them too a second load."""
     device = resolve_device(config.device)
@@ -398,14 +438,12 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
                 images = place_on_canvas(images, generator, config.canvas)
             if augment is not None:
                 images = augment(images, generator)
-            with autocast(device, config.bf16):
-                # An epoch's last, smaller batch runs eagerly: a graph for its shape would cost a
-                # second compilation for one step per epoch.
-                forward = compiled_step_loss if labels.shape[0] == config.batch_size else step_loss
-                targets = images if train_split.targets is None else to_float(train_split.targets[index])
-                scores, loss = forward(images, labels, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # An epoch's last, smaller batch runs eagerly: a graph for its shape would cost a second
+            # compilation for one step per epoch.
+            forward = compiled_step_loss if labels.shape[0] == config.batch_size else step_loss
+            targets = images if train_split.targets is None else to_float(train_split.targets[index])
+            scores, loss = _forward_backward(forward, step_loss, optimizer, device, config.bf16, images, labels,
+                                             targets)
             optimizer.step()
             schedule.step()
             counters.count(loss, scores, labels, full_batch=labels.shape[0] == config.batch_size)
