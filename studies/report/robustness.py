@@ -250,6 +250,24 @@ def _write_curves(trials: StudyTrials, out: Path, stem: str, curves: pd.DataFram
     return files
 
 
+def _compared_along_curves(trials: StudyTrials, out: Path, stem: str, curves: pd.DataFrame,
+                           metrics: list[fx.Metric], paper: bool):
+    """What both robustness sections build from their curves: the levels frame, the effects at each
+    level (and the declared comparisons they leave unanswered), the table at the levels and the one
+    at the end of the budget, and the files written so far."""
+    spec, options, frame = trials.spec, trials.options, trials.frame
+    levels = level_frame(trials, curves, [m.column for m in metrics])
+    effects, missing = level_effects(trials, levels, metrics)
+    table = level_table(trials, levels, metrics, paper=paper)
+    end = end_table(trials, curves, metrics)
+    files = write_table_files(table, frame, table, out, stem, "levels-table",
+                              f"{spec.title} ({options.profile} profile): at each validation-accuracy level, "
+                              "mean and 95\\% t interval over the seeds whose curve reached it.")
+    files += _write_curves(trials, out, stem, curves, levels, metrics)
+    files += write_formatted(end, out, f"{stem}-end", f"{spec.title}: the end of the budget ({options.profile} profile)")
+    return levels, effects, missing, table, end, files
+
+
 def _comparison_lines(trials: StudyTrials, effects: pd.DataFrame, stem: str) -> list[str]:
     lines = ["### CapsNet minus CNN at equal clean accuracy", "", markdown(fx.display_table(effects)), "",
              fx.EXPLANATION, ""]
@@ -270,15 +288,8 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
     set_label = " / ".join(set_names)
     metrics = [fx.Metric("affnist_accuracy", f"{set_label} accuracy %", lower_is_better=False)]
     curves, _ = curve_frames(trials)
-    levels = level_frame(trials, curves, [m.column for m in metrics])
-    effects, missing = level_effects(trials, levels, metrics)
-    table = level_table(trials, levels, metrics, paper=True)
-    end = end_table(trials, curves, metrics)
-    files = write_table_files(table, frame, table, out, stem, "levels-table",
-                              f"{spec.title} ({options.profile} profile): at each validation-accuracy level, "
-                              "mean and 95\\% t interval over the seeds whose curve reached it.")
-    files += _write_curves(trials, out, stem, curves, levels, metrics)
-    files += write_formatted(end, out, f"{stem}-end", f"{spec.title}: the end of the budget ({options.profile} profile)")
+    levels, effects, missing, table, end, files = _compared_along_curves(trials, out, stem, curves, metrics,
+                                                                         paper=True)
     files += fx.write_effects(effects, out, stem, f"{spec.title}: CapsNet minus CNN at equal clean accuracy "
                                                   f"({options.profile} profile)")
     first = next(t for t in trials.study.get_trials(deepcopy=False) if t.number == int(frame["trial"].iloc[0]))
@@ -351,15 +362,8 @@ def rotation_section(trials: StudyTrials, out: Path) -> Section:
     stem = file_stem(spec)
     metrics = [fx.Metric("rotation_auc", "rotation AUC %", False), fx.Metric("translation_auc", "translation AUC %", False)]
     curves, sweep = curve_frames(trials)
-    levels = level_frame(trials, curves, [m.column for m in metrics])
-    effects, missing = level_effects(trials, levels, metrics)
-    table = level_table(trials, levels, metrics, paper=False)
-    end = end_table(trials, curves, metrics)
-    files = write_table_files(table, frame, table, out, stem, "levels-table",
-                              f"{spec.title} ({options.profile} profile): at each validation-accuracy level, "
-                              "mean and 95\\% t interval over the seeds whose curve reached it.")
-    files += _write_curves(trials, out, stem, curves, levels, metrics)
-    files += write_formatted(end, out, f"{stem}-end", f"{spec.title}: the end of the budget ({options.profile} profile)")
+    levels, effects, missing, table, end, files = _compared_along_curves(trials, out, stem, curves, metrics,
+                                                                         paper=False)
     at_level, level = sweep_at_level(trials, curves, sweep)
     sweep_file = out / f"{stem}-sweep.csv"
     sweep.drop(columns=["trial", "point"]).to_csv(sweep_file, index=False)
