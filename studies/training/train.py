@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 import models
+from models.compile_barrier import compile_model
 from models.fields import ConfigError
 from models.multimnist import pair_correct, predict_pair
 from studies.data import datasets
@@ -324,7 +325,7 @@ class EpochCounters:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         # Compiled where the step is, and eager again once the step fell back (one warning a run).
         self.training_step = step if isinstance(step, CompiledOrEager) else None
-        self.compiled = (CompiledOrEager(torch.compile(_count_step, dynamic=False), _count_step)
+        self.compiled = (CompiledOrEager(compile_model(_count_step, dynamic=False), _count_step)
                          if self.training_step is not None else None)
 
     def reset(self) -> None:
@@ -391,7 +392,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
     step_loss = _scores_and_loss(model)
     # Compiled as a function that calls the module, so the module itself (its state dict, what
     # callbacks and evaluation see) stays as it is. Static shapes: one graph for the batch size.
-    compiled_step_loss = (CompiledOrEager(torch.compile(step_loss, dynamic=False), step_loss)
+    compiled_step_loss = (CompiledOrEager(compile_model(step_loss, dynamic=False), step_loss)
                           if compiles(device, config.compile) else step_loss)
     augment = parse_augmentation(config.augmentation)
     optimizer = adam(model.parameters(), config.lr)
