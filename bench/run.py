@@ -49,7 +49,7 @@ from bench.timing import (
 from models.cpu import kernels as cpu_kernels
 from models.cpu.dft_conv import worthwhile
 from studies.data.augment import parse_augmentation
-from studies.training.devices import algorithm_settings, cpu_bf16_isa, device_name, resolve_device
+from studies.training.devices import algorithm_settings, cpu_bf16_isa, machine_name, resolve_device
 
 # The targets of issues 5 and 13 for this project's 2-core CPU at batch 64, 28x28, 3 routing
 # iterations, with decoder. Only ratios measured in one run: the shared machines' absolute speed
@@ -80,7 +80,7 @@ def _environment(options: BenchOptions, device: torch.device, threads: int) -> d
     return {
         "image_size": options.image_size,
         "device": device.type,
-        "device_name": device_name(device),
+        "device_name": machine_name(device),
         "torch": torch.__version__,
         "threads": threads,
         "compile": options.compile,
@@ -354,15 +354,16 @@ def _markdown(frame, columns, floatfmt=".4g") -> str:
     return frame[present].to_markdown(index=False, floatfmt=floatfmt)
 
 
-def write_tables(rows: list[dict], out_dir: str | os.PathLike) -> list[Path]:
-    """Write <stem>.csv (every row, every column) and <stem>.md; return their paths."""
+def write_tables(rows: list[dict], out_dir: str | os.PathLike, stem: str | None = None) -> list[Path]:
+    """Write <stem>.csv (every row, every column) and <stem>.md (stem: `table_stem(rows)` unless
+    given); return their paths."""
     import pandas as pd
 
     if not rows:
         raise ValueError("no benchmark rows to write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = table_stem(rows)
+    stem = stem or table_stem(rows)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     csv_path = out / f"{stem}.csv"
     _replace(csv_path, frame.to_csv(index=False))

@@ -12,7 +12,8 @@ import torch
 import models
 from bench.options import BenchOptions
 from bench.run import COLUMNS, run_benchmark, table_stem, write_tables
-from studies.training.devices import cpu_bf16_isa
+from studies.engine.throughput import machine_slug
+from studies.training.devices import cpu_bf16_isa, cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = [
@@ -214,15 +215,24 @@ def test_speed_paths_command_line(capsys):
 
 def test_the_throughput_study_measures_each_dtype_once_and_the_report_embeds_it(tmp_path, run_cli):
     env = {"CAPSBENCH_RESULTS": tmp_path / "results"}
+    out = tmp_path / "results" / "smoke"
+    # A table another CPU measured (committed with the results, say) is not this machine's
+    out.mkdir(parents=True)
+    elsewhere = out / "throughput-cpu-another-cpu-fp32.csv"
+    elsewhere.write_text("device,device_name,dtype\ncpu,Another CPU,fp32\n")
+    elsewhere.with_suffix(".md").write_text("# Throughput: measured elsewhere\n")
     done = run_cli("studies", "run", "--study", "throughput", "--profile", "smoke", "--device", "cpu",
                    "--no-progress", env=env)
     assert done.returncode == 0, done.stderr
-    out = tmp_path / "results" / "smoke"
     dtypes = ["fp32"] + (["bf16"] if cpu_bf16_isa() is not None else [])
     report = (out / "REPORT.md").read_text()
+    here = machine_slug(cpu_model())
     for dtype in dtypes:
-        assert (out / f"throughput-cpu-{dtype}.md").exists()
-        assert f"Throughput (cpu-{dtype})" in report
+        table = pd.read_csv(out / f"throughput-cpu-{here}-{dtype}.csv")
+        assert set(table["device_name"]) == {cpu_model()}
+        assert f"Throughput (cpu, {cpu_model()}, {dtype})" in report
+    assert elsewhere.read_text() == "device,device_name,dtype\ncpu,Another CPU,fp32\n"  # kept as it was
+    assert "Throughput (cpu, Another CPU, fp32)" in report  # shown as what it is
     again = run_cli("studies", "run", "--study", "throughput", "--profile", "smoke", "--device", "cpu",
                     "--no-progress", env=env)
     assert again.returncode == 0 and again.stdout.count("exists; delete it to measure again") == len(dtypes)

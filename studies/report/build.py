@@ -58,8 +58,21 @@ def extra_sections(out: Path) -> list[Section]:
         body = "\n".join(("##" + line) if line.startswith("#") else line for line in table.read_text().splitlines()[1:])
         csv = table.with_suffix(".csv")
         body += f"\n\nFiles: [{csv.name}]({csv.name}), [{table.name}]({table.name})\n"
-        sections.append(Section(f"Throughput ({table.stem.removeprefix('throughput-')})", body, [table]))
+        sections.append(Section(f"Throughput ({_measured_on(csv) or table.stem.removeprefix('throughput-')})",
+                                body, [table]))
     return sections
+
+
+def _measured_on(csv: Path) -> str | None:
+    """"cpu, AMD EPYC 7B13, fp32" from a benchmark table's first row; None where it cannot be read."""
+    try:
+        first = pd.read_csv(csv, nrows=1).iloc[0]
+    except (OSError, IndexError, ValueError):
+        return None
+    parts = [str(first.get(column, "")) for column in ("device", "device_name", "dtype")]
+    if bool(first.get("compile", False)):
+        parts.append("compiled")
+    return ", ".join(dict.fromkeys(p for p in parts if p and p != "nan")) or None
 
 
 def parameter_count(model: str) -> int:

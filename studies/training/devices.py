@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -28,16 +29,32 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them; empty where /proc/cpuinfo is unreadable."""
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in Linux's /proc/cpuinfo; None where it is missing or unreadable."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; empty where /proc/cpuinfo is unreadable."""
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13", ...), or the platform's words where Linux's are missing."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_name(device: torch.device) -> str:
+    """What a speed measured on `device` belongs to: the GPU's name, or the CPU's model."""
+    return device_name(device) if device.type == "cuda" else cpu_model()
 
 
 def cpu_bf16_isa() -> str | None:
