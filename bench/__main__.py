@@ -6,7 +6,7 @@ import signal
 import sys
 from pathlib import Path
 
-from studies.interrupt_line import EXIT_INTERRUPTED, guard_start_up, ignore_from_now
+from studies.interrupt_line import EXIT_INTERRUPTED, after_command, guard_start_up, ignore_from_now
 
 if __name__ == "__main__":
     guard_start_up()  # before the imports below, which take a second or more
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {WriteFailed(cause.filename or out, cause)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, after_command(previous))
     return 0
 
 

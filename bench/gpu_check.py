@@ -116,7 +116,8 @@ def _bench_headline(stem: str) -> Callable[[Path, str], str]:
         path = table if table.exists() else measured
         if not path.exists():
             return "no row measured"
-        rows = list(csv.DictReader(path.open()))
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
         line = f"{len(rows)} rows" + ("" if path == table else " (stopped before its tables were written)")
         capsnet = [r for r in rows if r["model"] == "capsnet" and r["mode"] == "train"]
         compared = [r for r in capsnet if r["section"] == "routing"]
@@ -495,6 +496,7 @@ def check(out: Path, budget_s: float) -> int:
         else:
             run.stage(stage)
     run.log(f"done in {run.elapsed():.0f} s: {run.verdict()}; summary in {out / 'summary.md'}")
+    run.handle.close()
     return run.exit_code()
 
 
@@ -508,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", metavar="JSON", help="(a stage) write what torch is and sees to JSON")
     parser.add_argument("--train-speed", metavar="MODEL", help="(a stage) time two training epochs of MODEL")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the stages run in the repository's root
     if args.probe:
         return probe(Path(args.probe))
     try:

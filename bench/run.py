@@ -315,8 +315,8 @@ class RowAppender:
     """`on_row` for run_benchmark: appends each row to <stem>.rows.csv in `out_dir` as it is measured
     (started afresh with this run's first row of that stem), so a run stopped part-way leaves the
     rows it measured; the tables (<stem>.csv, <stem>.md) are written whole at the end, and only
-    then, so a part-run is never taken for a finished table (the throughput study skips a table
-    that exists)."""
+    then, so a part-run is never taken for a finished table (gpu-check's summary reads the table
+    where it exists, the rows otherwise)."""
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out = Path(out_dir)

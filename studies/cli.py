@@ -14,7 +14,7 @@ from models.capsnet import CapsNetConfig
 from models.fields import ConfigError
 from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
 from studies.engine.runner import RunOptions
-from studies.interrupt_line import EXIT_INTERRUPTED, WORKER_ENV, say
+from studies.interrupt_line import EXIT_INTERRUPTED, WORKER_ENV, after_command, say
 from studies.spec.schema import PROFILES
 from studies.training import stop
 from studies.training.config import TrainConfig
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {WriteFailed(cause.filename or 'to disk', cause)} ({type(error).__name__})", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
-        stop.restore(previous)
+        stop.restore({signum: after_command(handler) for signum, handler in previous.items()})
     return 0
 
 

@@ -37,3 +37,9 @@ def guard_start_up() -> None:
 def ignore_from_now() -> None:
     """After the command has finished and said so: a late Ctrl-C changes nothing."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def after_command(handler):
+    """The SIGINT handler to put back when a command ends: nothing, where it was the start-up guard
+    (the command has finished and said so; a late Ctrl-C must not claim nothing started)."""
+    return signal.SIG_IGN if handler is _leave_at_start_up else handler

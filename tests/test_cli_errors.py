@@ -98,3 +98,11 @@ def test_truncated_data_is_an_error_and_is_left_alone(tmp_path, studies):
     done = studies("train", "--data-root", tmp_path, env={"CAPSBENCH_DATA_SOURCES": "present"})
     assert_one_line_error(done, "t10k-labels-idx1-ubyte")
     assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
+
+
+def test_a_command_that_ended_leaves_a_late_ctrl_c_nothing_to_say():
+    from studies import interrupt_line
+
+    # The start-up guard put back after the command would claim "interrupted before anything started".
+    assert interrupt_line.after_command(interrupt_line._leave_at_start_up) is signal.SIG_IGN
+    assert interrupt_line.after_command(signal.default_int_handler) is signal.default_int_handler

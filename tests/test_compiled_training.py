@@ -119,6 +119,15 @@ def test_a_compile_failure_falls_back_to_the_eager_step_with_one_warning(monkeyp
     eager = train(tiny(compile="off"), splits=splits)
     assert [r["train_loss"] for r in fallen_back.history] == [r["train_loss"] for r in eager.history]
 
+    def unsupported(function, **options):  # torch.compile itself refuses (a Python it does not support)
+        raise RuntimeError("torch.compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*not supported on this Python") as caught:
+        refused = train(tiny(compile="on"), splits=splits)
+    assert len([w for w in caught if "torch.compile failed" in str(w.message)]) == 1
+    assert [r["train_loss"] for r in refused.history] == [r["train_loss"] for r in eager.history]
+
 
 def test_checkpoints_are_written_every_n_epochs(tmp_path):
     written = []

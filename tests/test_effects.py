@@ -89,3 +89,17 @@ def test_nothing_is_resolved_with_fewer_than_three_seeds():
     table, _ = effects(data[data["seed"] < 2])
     assert set(table["n"]) == {2} and not table["resolved"].any()
     assert np.isfinite(table["ci95_low"]).all()
+
+
+def test_a_finding_at_a_level_says_when_some_seeds_never_reached_it():
+    from types import SimpleNamespace
+
+    from studies.report.findings import primary_findings
+
+    table, _ = effects(frame())  # n = 3 in every row
+    table["at_level"] = 0.9
+    all_reached = primary_findings(SimpleNamespace(frame=pd.DataFrame({"seed": [0, 1, 2]})), table, [])
+    assert len(all_reached) == 3 and not any("seeds' curves reached" in f for f in all_reached)
+    one_short = primary_findings(SimpleNamespace(frame=pd.DataFrame({"seed": [0, 1, 2, 3]})), table, [])
+    assert all("at 90% validation accuracy" in f and "Only 3 of 4 seeds' curves reached the level" in f
+               for f in one_short)

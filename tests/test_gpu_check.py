@@ -133,7 +133,7 @@ def test_bench_rows_reach_the_disk_as_they_are_measured_and_the_table_only_at_th
     def on_row(row):
         appender(row)
         on_disk.append(_rows_on_disk(tmp_path / f"{table_stem([row])}.rows.csv"))
-        # A part-run never leaves a table the throughput study would take as finished.
+        # A part-run never leaves a table that reads as finished.
         assert not (tmp_path / f"{table_stem([row])}.csv").exists()
 
     rows = run_benchmark(options, on_row=on_row)

@@ -45,7 +45,9 @@ def train_val_test_indices(train_labels: torch.Tensor, test_labels: torch.Tensor
     """Disjoint training and validation indices into the training images, and test indices into the
     test images, each a stratified random subset (None: everything left). The validation split is
     drawn first, from all training images, so it does not change with `train_size`; the training
-    split is drawn from the rest with another stream of the same seed."""
+    split is drawn from the rest with generator seed `seed + 1`, the test subset with `seed + 2`.
+    (Split seeds s and s + 1 therefore share a stream between one's training draw and the other's
+    validation draw: replicate splits should use seeds at least 3 apart.)"""
     everything = torch.arange(train_labels.numel())
     val = stratified_subset(train_labels, val_size, seed)
     rest = everything[~torch.isin(everything, val)]

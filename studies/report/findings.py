@@ -53,8 +53,11 @@ def primary_findings(trials: StudyTrials, effects: pd.DataFrame, unanswered: lis
     for _, row in rows.iterrows():
         at = f" at {100 * row['at_level']:g}% validation accuracy" if pd.notna(row.get("at_level")) else ""
         within = f" ({row['within']})" if row["within"] and not str(row["within"]).startswith("averaged") else ""
+        seeds = trials.frame["seed"].nunique()
+        partial = (f" Only {row['n']} of {seeds} seeds' curves reached the level on both sides: the comparison "
+                   "holds for the seeds that got there." if at and row["n"] < seeds else "")
         out.append(f"{row['comparison']}{within}{at}, {row['metric']}: {_sides(row)}difference "
-                   f"{verdict(row, family)}.")
+                   f"{verdict(row, family)}.{partial}")
     for missing in unanswered:
         at = f" at {100 * missing.at_level:g}% validation accuracy" if missing.at_level is not None else ""
         out.append(f"{missing.primary.label}{at}, {missing.metric}: declared primary, not answered in the "

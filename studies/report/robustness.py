@@ -207,8 +207,8 @@ def curves_figure(curves: pd.DataFrame, metrics: list[fx.Metric], levels: tuple[
     models = list(dict.fromkeys(curves["model"]))
     palette = dict(zip(models, sns.color_palette("deep", len(models))))
     others = [k for k in keys if k != "model" and curves[k].nunique(dropna=False) > 1]
-    styles = {value: style for value, style in zip(
-        pd.unique(curves[others].astype(str).agg(", ".join, axis=1)) if others else [""], ["-", "--", ":", "-."] * 4)}
+    configurations = pd.unique(curves[others].astype(str).agg(", ".join, axis=1)) if others else [""]
+    styles = {value: ["-", "--", ":", "-."][i % 4] for i, value in enumerate(configurations)}
     for ax, metric in zip(axes[0], metrics):
         for _, trial in curves.groupby("trial", sort=False):
             trial = trial.sort_values("step")

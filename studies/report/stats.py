@@ -189,10 +189,7 @@ def paired(a, b, confidence: float = CONFIDENCE, bounds: tuple[float, float] | N
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm-adjusted p-values (NaN stays NaN and does not count towards the family)."""
-    p = np.asarray(p_values, dtype=float)
-    adjusted = np.full(p.shape, math.nan)
-    present = ~np.isnan(p)
-    if present.any():
-        adjusted[present] = multipletests(p[present], alpha=ALPHA, method="holm")[1]
-    return adjusted
+    """Holm-adjusted p-values. A missing p-value (NaN: a comparison that could not be answered)
+    counts as 1: it stays in the family, so a missing answer never shrinks it."""
+    p = np.nan_to_num(np.asarray(p_values, dtype=float), nan=1.0)
+    return multipletests(p, alpha=ALPHA, method="holm")[1] if p.size else p

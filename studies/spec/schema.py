@@ -111,6 +111,8 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
     "multimnist": ("test_error",),
     "throughput": (),
 }
+# Kinds whose models are compared along curves at stated validation accuracies.
+CURVE_KINDS = ("affnist", "rotation")
 
 
 class ArmTable(Strict):

@@ -279,7 +279,8 @@ def parse_spec(data: dict, source: str) -> StudySpec:
         profiles=profiles,
         source=source,
         datasets=tuple(table.datasets) if table.datasets else None,
-        primary=tuple(checker.primary(entry, index, table.kind, arms) for index, entry in enumerate(table.primary)),
+        primary=checker.distinct(tuple(checker.primary(entry, index, table.kind, arms)
+                                       for index, entry in enumerate(table.primary))),
     )
     if not spec.supports(spec.dataset):
         raise SpecError(f"{source}: dataset {spec.dataset!r} is not among the study's datasets {list(spec.datasets)}")
@@ -405,6 +406,9 @@ class _Checker:
             ambiguous = (varied(baseline) & shared) - set(table.within)
             involved = [baseline, level]
         else:
+            if kind in schema.CURVE_KINDS:
+                self.fail(f"{where}.compare", f"a {kind!r} study compares models along their curves: declare "
+                                              "compare = {{ model = [...] }}")
             involved = [table.model]
             if not any(arm.model == table.model for arm in arms):
                 self.fail(f"{where}.model", f"{table.model!r} has no [[arms]] entry")
@@ -430,6 +434,18 @@ class _Checker:
                 if key in scientific(model):
                     self.value(model, key, value, f"{where}.within")
         return Primary(factor, baseline, level, tuple(table.metrics), table.model, dict(table.within))
+
+    def distinct(self, primaries: tuple[Primary, ...]) -> tuple[Primary, ...]:
+        """Each declared comparison once: a repeat would count one answer twice in Holm's family."""
+        seen: dict[tuple, int] = {}
+        for index, primary in enumerate(primaries):
+            for metric in primary.metrics:
+                key = (primary.factor, primary.baseline, primary.level, primary.model,
+                       tuple(sorted(primary.within.items(), key=repr)), metric)
+                if key in seen:
+                    self.fail(f"primary[{index}]", f"repeats primary[{seen[key]}] for {metric!r}")
+                seen[key] = index
+        return primaries
 
     def nuisance(self, name: str, bounds: schema.NuisanceTable) -> Nuisance:
         if name not in TRAIN_KEYS:
@@ -458,6 +474,12 @@ class _Checker:
                 self.fail(f"{where}.model_grid", f"{model!r} has no [[arms]] entry")
             self.grid(grid, arms, f"{where}.model_grid.{model}")
         self.sizes(profile, spec, where)
+        if spec.kind in schema.CURVE_KINDS:
+            for arm in spec.arms:
+                recipe = {**spec.fixed, **arm.fixed, **profile.recipe, **profile.per_model.get(arm.model, {})}
+                if not recipe.get("val_size"):
+                    self.fail(where, f"a {spec.kind!r} study reads its curves on a validation split: "
+                                     f"{arm.model!r} needs val_size > 0")
         if spec.nuisance and profile.nuisance_trials and not all(
                 {**profile.recipe, **profile.per_model.get(arm.model, {})}.get("val_size") for arm in spec.arms):
             self.fail(where, "tuning nuisance parameters needs val_size > 0")

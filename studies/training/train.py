@@ -107,9 +107,9 @@ def load_splits(config: TrainConfig, device: torch.device) -> tuple[Split, Split
     total = train_labels.shape[0]
     available = total - config.val_size
     if (config.train_size or 0) > available or available < 1:
-        raise ConfigError(
-            f"train_size {config.train_size} + val_size {config.val_size} exceed the {total} training images"
-        )
+        asked = (f"train_size {config.train_size} + val_size {config.val_size} exceed" if config.train_size
+                 else f"val_size {config.val_size} leaves no training image of")
+        raise ConfigError(f"{asked} the {total} training images")
     if config.test_size and config.test_size > test_labels.shape[0]:
         raise ConfigError(f"test_size {config.test_size} exceeds the {test_labels.shape[0]} test images")
     train_index, val_index, test_index = train_val_test_indices(
@@ -257,9 +257,20 @@ class CompiledOrEager:
     before the first compiled step has gone through (`confirm`) falls back, and that batch is run
     again eagerly (its dropout draws are then taken twice). A later error is the run's own."""
 
-    def __init__(self, compiled: StepForward, eager: StepForward):
+    def __init__(self, compiled: StepForward | None, eager: StepForward):
         self.compiled, self.eager = compiled, eager
         self.confirmed = False
+
+    @classmethod
+    def of(cls, eager: StepForward) -> "CompiledOrEager":
+        """`eager` compiled (static shapes), or eager with the one warning where even setting up the
+        compilation fails (a Python or platform torch.compile does not support)."""
+        compiled = cls(None, eager)
+        try:
+            compiled.compiled = compile_model(eager, dynamic=False)
+        except Exception as error:
+            compiled.fall_back(error)
+        return compiled
 
     def __call__(self, *args):
         if self.compiled is None:
@@ -325,8 +336,8 @@ class EpochCounters:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         # Compiled where the step is, and eager again once the step fell back (one warning a run).
         self.training_step = step if isinstance(step, CompiledOrEager) else None
-        self.compiled = (CompiledOrEager(compile_model(_count_step, dynamic=False), _count_step)
-                         if self.training_step is not None else None)
+        compiling = self.training_step is not None and self.training_step.compiled is not None
+        self.compiled = CompiledOrEager.of(_count_step) if compiling else None
 
     def reset(self) -> None:
         """At an epoch's start (in place: a compiled count keeps its inputs)."""
@@ -392,8 +403,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
     step_loss = _scores_and_loss(model)
     # Compiled as a function that calls the module, so the module itself (its state dict, what
     # callbacks and evaluation see) stays as it is. Static shapes: one graph for the batch size.
-    compiled_step_loss = (CompiledOrEager(compile_model(step_loss, dynamic=False), step_loss)
-                          if compiles(device, config.compile) else step_loss)
+    compiled_step_loss = CompiledOrEager.of(step_loss) if compiles(device, config.compile) else step_loss
     augment = parse_augmentation(config.augmentation)
     optimizer = adam(model.parameters(), config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
