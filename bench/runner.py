@@ -7,7 +7,6 @@ import torch
 
 import models
 from bench.timing import count_flops
-from models.compile_barrier import compile_model
 from models.cpu.dft_conv import direct_convolutions
 from models.routing_sweeps import torch_sweeps
 from studies.training.devices import autocast
@@ -40,7 +39,7 @@ class Runner:
         if options.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
-        self.forward = compile_model(self.model) if options.compile else self.model
+        self.forward = torch.compile(self.model) if options.compile else self.model
         self.optimizer = adam(self.model.parameters(), lr=1e-3)  # the trainer's optimiser
         self.device, self.bf16 = device, options.bf16
         self.flop_counts = {} if flop_counts is None else flop_counts

@@ -1,7 +1,4 @@
-"""What torch.compile must be told about the models: hand-scheduled autograd Functions it should run
-eagerly (a graph break), and checks it should take as constants. Both are applied lazily: importing
-torch._dynamo at import time adds about 2 s to the start of every process, most of which never
-compile (the CLI's error paths, reports, the bench's parsing, every test's subprocess)."""
+"""Hand-scheduled autograd Functions that torch.compile should run eagerly (a graph break)."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +8,11 @@ import torch
 
 
 def eager_under_compile(fn):
-    """`torch.compiler.disable(fn)`, applied once torch._dynamo is loaded."""
+    """`torch.compiler.disable(fn)`, applied once torch._dynamo is loaded.
+
+    Decorating at import time would import torch._dynamo, which adds about 2 s to the start of
+    processes that never compile or train (the CLI's error paths, reports, the bench's parsing).
+    """
     disabled = None
 
     @functools.wraps(fn)
@@ -25,28 +26,3 @@ def eager_under_compile(fn):
         return disabled(*args, **kwargs)
 
     return call
-
-
-_CONSTANTS: list = []
-
-
-def constant_under_compile(fn):
-    """Register `fn`, a check the tracer should ask once instead of tracing, for
-    `torch.compiler.assume_constant_result`, applied by `mark_constants` (`compile_model` calls it).
-    The mark is on the function itself (assume_constant_result returns it), so the module globals
-    that name it see it."""
-    _CONSTANTS.append(fn)
-    return fn
-
-
-def mark_constants() -> None:
-    """Mark the checks registered with `constant_under_compile` for the tracer (idempotent)."""
-    for constant in _CONSTANTS:
-        if torch.compiler.assume_constant_result(constant) is not constant:
-            raise RuntimeError("torch.compiler.assume_constant_result no longer marks the function itself")
-
-
-def compile_model(fn, **options):
-    """`torch.compile(fn, **options)`, after `mark_constants`."""
-    mark_constants()
-    return torch.compile(fn, **options)

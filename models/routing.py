@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from models.compile_barrier import constant_under_compile, eager_under_compile
+from models.compile_barrier import eager_under_compile
 from models.routing_sweeps import VotesGrad, backward_sweep, blocks, forward_sweep, votes_and_sum
 
 
@@ -201,7 +201,7 @@ def route_with_autograd(u: torch.Tensor, weight: torch.Tensor, iters: int, detac
     return v
 
 
-@constant_under_compile
+@torch.compiler.assume_constant_result
 def _kernels_behind_barrier(device_type: str) -> bool:
     """Whether a compiled step keeps the hand-scheduled routing (eager, behind the compile barrier):
     on the CPU where the C++ kernels are built. Elsewhere (CUDA, or CAPSBENCH_CPU_KERNELS=0) the

@@ -6,7 +6,6 @@ import torch
 import torch._dynamo
 
 import models
-from models.compile_barrier import compile_model, mark_constants
 from models.cpu import kernels as cpu_kernels
 from models.routing import route_with_autograd, votes_and_route
 
@@ -64,7 +63,6 @@ def test_capsnets_forward_and_loss_compile_without_a_graph_break(no_cpu_kernels)
     torch.manual_seed(0)
     model = models.create("capsnet")
     images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    mark_constants()  # as compile_model does
     explained = torch._dynamo.explain(_step(model))(images, labels)
     assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
     assert explained.graph_count == 1
@@ -80,7 +78,7 @@ def test_the_compiled_step_equals_the_eager_one_in_outputs_and_gradients(no_cpu_
         model.digits.weight.mul_(30.0)
     images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     results = []
-    for step in (_step(model), compile_model(_step(model), backend="inductor", dynamic=False)):
+    for step in (_step(model), torch.compile(_step(model), backend="inductor", dynamic=False)):
         model.zero_grad(set_to_none=True)
         scores, loss = step(images, labels)
         loss.backward()

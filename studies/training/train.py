@@ -12,7 +12,6 @@ import torch
 from tqdm.auto import tqdm
 
 import models
-from models.compile_barrier import compile_model
 from models.fields import ConfigError
 from models.multimnist import pair_correct, predict_pair
 from studies.data import datasets
@@ -267,7 +266,7 @@ class CompiledOrEager:
         compilation fails (a Python or platform torch.compile does not support)."""
         compiled = cls(None, eager)
         try:
-            compiled.compiled = compile_model(eager, dynamic=False)
+            compiled.compiled = torch.compile(eager, dynamic=False)
         except Exception as error:
             compiled.fall_back(error)
         return compiled
