@@ -14,6 +14,7 @@ sides trained on different budgets (images seen, batch size) says so and is neve
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,8 +374,8 @@ def effects_figure(effects: pd.DataFrame, path: Path, title: str) -> None:
         ax.scatter(mean, y, c=colours, zorder=3)
         ax.axvline(0, color="black", linewidth=0.8)
         ax.set_yticks(y, [labels[i] for i in rows.index.map(effects.index.get_loc)], fontsize=7)
-        ax.set_xlabel(f"{metric}: difference in pp (95% t interval; red: resolved; ★ primary)")
-    fig.suptitle(title, fontsize=10)
+        ax.set_xlabel(f"{metric}: difference in pp\n(95% t interval; red: resolved; ★ primary)")
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=10)  # about 12 characters an inch
     save_figure(fig, path)
 
 

@@ -12,6 +12,7 @@ as a secondary view only.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -222,7 +223,7 @@ def curves_figure(curves: pd.DataFrame, metrics: list[fx.Metric], levels: tuple[
         ax.set_xlabel("validation accuracy % (clean; checkpoints along training)")
         ax.set_ylabel(metric.label)
         ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, int(12 * fig.get_figwidth())), fontsize=10)  # about 12 characters an inch
     save_figure(fig, path)
 
 
