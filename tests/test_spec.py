@@ -249,7 +249,8 @@ def test_curve_studies_compare_models_on_a_validation_split_and_each_primary_onc
     assert len(parse_spec({**rotation, "primary": [models_compared]}, "good.toml").primary) == 1
     # the curves are compared between models only: a parameter within one model has no answer there
     within_capsnet = {"model": "capsnet", "compare": {"augmentation": ["none", "shift2"]}, "metrics": ["rotation_auc"]}
-    with pytest.raises(SpecError, match=r"primary\[0\].compare: a 'rotation' study compares models along"):
+    with pytest.raises(SpecError, match=r"primary\[0\].compare: a 'rotation' study compares models along their "
+                                        r"curves: declare compare = \{ model = \[\.\.\.\] \}$"):
         parse_spec({**rotation, "primary": [within_capsnet]}, "bad.toml")
     # one comparison declared twice would count its answer twice in Holm's family
     with pytest.raises(SpecError, match=r"primary\[1\]: repeats primary\[0\] for 'rotation_auc'"):

@@ -408,7 +408,7 @@ class _Checker:
         else:
             if kind in schema.CURVE_KINDS:
                 self.fail(f"{where}.compare", f"a {kind!r} study compares models along their curves: declare "
-                                              "compare = {{ model = [...] }}")
+                                              "compare = { model = [...] }")
             involved = [table.model]
             if not any(arm.model == table.model for arm in arms):
                 self.fail(f"{where}.model", f"{table.model!r} has no [[arms]] entry")
