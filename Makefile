@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # top of its own PyTorch (the venv sees the system's site packages; torch is never replaced).
 WHEELHOUSE ?=
 
-.PHONY: setup data system-packages test study report bench gpu-check wheelhouse clean-venv
+.PHONY: setup data system-packages test test-fast study report bench gpu-check wheelhouse clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(if $(WHEELHOUSE),--system-site-packages) $(VENV)
@@ -48,9 +48,15 @@ data: $(INSTALLED) $(if $(WHEELHOUSE),,system-packages)
 
 # Two pytest processes (pytest-xdist), one thread each, a test file per process at a time (a
 # file's fixtures stay in one process); PYTEST_WORKERS=0 runs the suite in this process.
+# `make test` runs everything; `make test-fast` leaves out the end-to-end tests (marked `e2e`:
+# subprocess training runs, the PostgreSQL server, whole studies trained in the test process),
+# the loop to run while editing.
 PYTEST_WORKERS ?= 2
 test: data
 	$(BIN)/python -m pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+
+test-fast: data
+	$(BIN)/python -m pytest -m "not e2e" $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # STUDY= one study (default: all built-in), DATASET= override the spec's dataset,
 # STORAGE= an Optuna storage URL or journal:<path> (default: SQLite under results/<profile>).

@@ -29,6 +29,8 @@ OPTIONS = (
     Option("--channels-last", "channels_last memory format", extra={"action": "store_true"}),
     Option("--compile", "torch.compile the models", extra={"action": "store_true"}),
     Option("--routing-iters", "CapsNet routing iterations (default: the paper's 3)", BenchOptions, "routing_iters"),
+    Option("--routings", "comma-separated CapsNet routing procedures timed besides the paper's, a row each "
+           "(default: every registered one; 'none' for none)", BenchOptions, "routings", listed=True),
     Option("--threads", "intra-op threads (default: the usable cores)", BenchOptions, "threads"),
     Option("--image-size", "input side in pixels", BenchOptions, "image_size", {"default": 28}),
     Option("--no-references", "skip the routing comparison and data row", extra={"action": "store_true"}),
@@ -48,6 +50,7 @@ def options_from_args(args) -> BenchOptions:
     return BenchOptions(
         profile=args.profile, models=args.models, batch_sizes=args.batch_sizes, device=args.device, bf16=args.bf16,
         channels_last=args.channels_last, compile=args.compile, routing_iters=args.routing_iters,
+        routings=() if args.routings is not None and list(args.routings) == ["none"] else args.routings,
         threads=args.threads, image_size=args.image_size, references=not args.no_references,
     ).validate()
 

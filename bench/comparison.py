@@ -1,13 +1,9 @@
 """The routing comparison's models, each in a process of its own, stepped in turn.
 
-Sharing one process let the models disturb each other's timings through the allocator: five
-models of different sizes interleaved in one glibc heap fragment it, and CapsNet's step then
-pays page faults for memory the heap keeps growing into. Measured here with throwaway scripts
-(CapsNet and the stem in processes of their own, stepped in turn, batch 64, 20-30 rounds):
-CapsNet's step took 1.18-1.23x the stem's while its heap was still growing (thousands of page
-faults per step) and 1.17-1.20x after 60-100 warm-up steps; the shared process of the previous
-protocol measured anywhere from 1.15x to 1.29x from run to run. A training run trains one model
-per process, so each compared model gets one here:
+Sharing one process lets the models disturb each other's timings through the allocator: models
+of different sizes interleaved in one glibc heap fragment it, and CapsNet's step then pays page
+faults for memory the heap keeps growing into, so the ratios wander from run to run (bench/README.md
+has the numbers). A training run trains one model per process, so each compared model gets one here:
 - every worker builds the same weights from the seed (references (a) and (c) copy our CapsNet's);
 - `settle` steps a model for a minimum time and until its resident memory has stopped growing
   for a few steps (the heap has reached the size it keeps), within a time cap, and says how
@@ -31,8 +27,10 @@ import torch
 from bench.references import BroadcastCapsNet, ConvStem, PlainCapsNet
 from bench.runner import Runner, build_model
 from bench.timing import Timing, set_threads
+from models import speed_paths
 from models.capsnet import CapsNet
 from models.cpu import kernels as cpu_kernels
+from models.speed_paths import SpeedPlan
 from studies.training.devices import resolve_device, set_algorithms, synchronize
 
 if TYPE_CHECKING:
@@ -111,10 +109,17 @@ def settle(step, device: torch.device, min_seconds: float, max_seconds: float, m
     return steps, False
 
 
-def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_counts: dict) -> None:
-    """A worker: builds its model, then answers commands until "stop" (or its parent is gone)."""
+def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_counts: dict,
+           plan: dict | None) -> None:
+    """A worker: builds its model, then answers commands until "stop" (or its parent is gone), with
+    the CPU speed plan chosen for our CapsNet in force (the stems compute PrimaryCaps as it does)."""
     # Ctrl-C reaches every process of the terminal; the parent stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with speed_paths.using(SpeedPlan.from_dict(plan) if plan else None):
+        _answer(connection, name, options, batch, flop_counts)
+
+
+def _answer(connection, name: str, options: "BenchOptions", batch: int, flop_counts: dict) -> None:
     try:
         set_threads(options.threads)
         device = resolve_device(options.device)
@@ -138,9 +143,8 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_coun
             elif command == "time":
                 (mode,) = args
                 step = runner.step(mode)
-                # The step after a pause runs on cold caches and idle cores (measured here: 8% slower
-                # for CapsNet and the stem, 27% for reference (a)); in training steps follow each
-                # other, so the timed step follows an untimed one.
+                # The step after a pause runs on cold caches and idle cores, slower than in training,
+                # where steps follow each other: so the timed step follows an untimed one.
                 step()
                 synchronize(device)
                 started = time.perf_counter()
@@ -160,9 +164,10 @@ def _serve(connection, name: str, options: "BenchOptions", batch: int, flop_coun
 class Lockstep:
     """Worker processes, one per compared model; use as a context manager (it stops them).
     `flop_counts` (`Runner`'s cache, e.g. from the models section) spares the workers counting
-    again what the caller has counted."""
+    again what the caller has counted; `plan`, the CPU speed plan every worker runs under."""
 
-    def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int, flop_counts: dict | None = None):
+    def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int, flop_counts: dict | None = None,
+                 plan: SpeedPlan | None = None):
         if resolve_device(options.device).type == "cpu":
             cpu_kernels.module()  # a build (or its warning) here once, not in every worker
         context = multiprocessing.get_context("spawn")  # fork would copy this process's heap and threads
@@ -170,7 +175,8 @@ class Lockstep:
         try:
             for name in names:
                 ours, theirs = context.Pipe()
-                process = context.Process(target=_serve, args=(theirs, name, options, batch, dict(flop_counts or {})),
+                process = context.Process(target=_serve, args=(theirs, name, options, batch, dict(flop_counts or {}),
+                                                 plan.to_dict() if plan else None),
                                           daemon=True)
                 process.start()
                 theirs.close()

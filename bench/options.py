@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from annotated_types import Ge, Interval, MinLen
 
 import models
-from models.fields import check_fields
+from models.fields import ConfigError, check_fields
 from studies.training.config import Device
 from studies.training.devices import check_bf16, resolve_device
 
@@ -33,14 +33,20 @@ class Profile:
     # Also time CapsNet and the stem with nn.Conv2d for PrimaryCaps (the routing's gain alone).
     conv2d_pair: bool
     data_repeats: int
+    # The device's peaks (bench/roofline.py): timed runs, and the matrix side and copy size
+    # (None: the device's defaults, which leave the caches and fill the cores).
+    peak_runs: int = 5
+    peak_matmul_side: int | None = None
+    peak_copy_mb: int | None = None
 
 
-# quick (batch 64 only, the studies' batch) fits in about 2 minutes per dtype on the 2-core CPU,
+# quick (batch 64 only, the studies' batch) is the one meant for a 2-core CPU,
 # where cnn_paper trains at only ~15 images/s in float32 and reference (a) at ~40; hence no
 # nn.Conv2d pair in it.
 PROFILES = {
     "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
-                     settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5),
+                     settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5,
+                     peak_runs=1, peak_matmul_side=512, peak_copy_mb=64),
     "quick": Profile((64,), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5,
                      stem_rounds=12,
                      settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
@@ -70,6 +76,9 @@ class BenchOptions:
     channels_last: bool = False
     compile: bool = False
     routing_iters: Count | None = None  # CapsNet's; default the paper's 3
+    # CapsNet's routing procedures to time besides the paper's (models/routing_procedures.py): a
+    # row each, named capsnet/<procedure>; default every registered one, () none.
+    routings: tuple[str, ...] | None = None
     threads: Annotated[int, Interval(ge=1, le=1024)] | None = None  # default: the usable cores
     image_size: Annotated[int, Interval(ge=8, le=1024)] = 28
     references: bool = True  # the routing comparison and the data-preparation row
@@ -87,7 +96,13 @@ class BenchOptions:
         for name in names:
             models.make_config(name, input_size=self.image_size)  # unknown names list the valid ones
         sizes = tuple(self.batch_sizes) if self.batch_sizes else PROFILES[self.profile].batch_sizes
+        known = models.routing_names()
+        routings = tuple(known if self.routings is None else self.routings)
+        unknown = [name for name in routings if name not in known]
+        if unknown:
+            raise ConfigError(f"--routings: unknown routing procedure {unknown[0]!r}; valid: {', '.join(known)}")
         device = resolve_device(self.device)
         if self.bf16:
             check_bf16(device)
-        return dataclasses.replace(self, models=names, batch_sizes=sizes)
+        return dataclasses.replace(self, models=names, batch_sizes=sizes,
+                                   routings=tuple(name for name in routings if name != "dynamic"))

@@ -16,9 +16,7 @@
     tensor ops per iteration (softmax over the parents, weighted sum, squash, agreement update),
     differentiated by autograd; no custom kernel, no hand-written backward. The votes are laid
     out (batch, parents, children, dim) so that the weighted sum and the agreement are batched
-    matrix products: measured here at batch 64 (routing forward and backward, paired rounds in
-    one process), 0.82x the time of the (batch, children, parents, dim) layout with einsum
-    reductions and 0.71x that layout with broadcast products and sums. Like our model it routes
+    matrix products, the fastest of the plain layouts tried (bench/README.md). Like our model it routes
     in float32 under autocast. Same parameter names as `CapsNet`, so it loads its state dict.
 """
 from __future__ import annotations

@@ -36,6 +36,7 @@ from bench.comparison import (
     REFERENCE_C,
     Lockstep,
 )
+from bench import roofline
 from bench.options import PROFILES, BenchOptions
 from bench.runner import Runner, build_model
 from bench.timing import (
@@ -47,13 +48,14 @@ from bench.timing import (
     time_runs,
 )
 from models.cpu import kernels as cpu_kernels
-from models.cpu.dft_conv import worthwhile
+from models import speed_paths
 from studies.data.augment import parse_augmentation
+from studies.training import speed_choice
 from studies.training.devices import algorithm_settings, cpu_bf16_isa, machine_name, resolve_device
 
-# The targets of issues 5 and 13 for this project's 2-core CPU at batch 64, 28x28, 3 routing
-# iterations, with decoder. Only ratios measured in one run: the shared machines' absolute speed
-# varies by up to 2x over a day, so images/s are reported but not judged.
+# The project's speed targets on a 2-core CPU at batch 64, 28x28, 3 routing iterations, with
+# decoder. Only ratios measured in one run are judged: a shared machine's absolute speed varies
+# too much from hour to hour for images/s to be.
 TARGETS = {
     "speedup_vs_reference_c": 1.5,  # at least
     "speedup_vs_reference_a": 2.0,  # at least
@@ -69,15 +71,19 @@ COLUMNS = [
     "section", "model", "batch", "mode", "images_per_s", "step_ms", "step_ms_q25", "step_ms_q75",
     "spread_iqr_pct", "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
     "memory_kind", "speedup_vs_reference_c", "speedup_vs_reference_a", "time_vs_stem", "share_of_step_pct",
-    "routing_iters",
+    "routing", "routing_iters", "speed_plan", "speed_plan_why",
+    "bytes_per_image", "flop_per_byte", "bound", "attainable_gflop_per_s", "roofline_fraction",
     "image_size", "device", "device_name", "torch", "threads", "compile", "dtype", "cpu_bf16_isa", "channels_last",
-    "cpu_kernels",
+    "cpu_kernels", "peak_gflop_per_s", "peak_copy_gb_per_s",
     "profile",
 ]
+ROOFLINE = ["flops_per_image", "bytes_per_image", "flop_per_byte", "achieved_gflop_per_s", "attainable_gflop_per_s",
+            "bound", "roofline_fraction"]
 
 
-def _environment(options: BenchOptions, device: torch.device, threads: int) -> dict:
+def _environment(options: BenchOptions, device: torch.device, threads: int, peaks: roofline.Peaks) -> dict:
     return {
+        **peaks.columns(),
         "image_size": options.image_size,
         "device": device.type,
         "device_name": machine_name(device),
@@ -108,6 +114,7 @@ def _row(section, name, batch, mode, timing: Timing, warmup_runs: int, descripti
     if description is not None:
         row.update(description)
         row["achieved_gflop_per_s"] = row["flops_per_image"] * row["images_per_s"] / 1e9
+        row.update(roofline.columns(row, roofline.Peaks(env["peak_gflop_per_s"], env["peak_copy_gb_per_s"])))
     if memory is not None:
         row["peak_memory_mb"], row["memory_kind"] = memory
     return row
@@ -121,21 +128,46 @@ def _log(message: str, log: Callable[[str], None] | None) -> None:
 def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict, on_row) -> list[dict]:
     profile = PROFILES[options.profile]
     rows = []
-    for name in options.models:
+    variants = [(name, None) for name in options.models]
+    if "capsnet" in options.models:  # each routing procedure right after the paper's
+        at = options.models.index("capsnet") + 1
+        variants[at:at] = [("capsnet", routing) for routing in options.routings]
+    for model, routing in variants:
+        name = model if routing is None else f"{model}/{routing}"
         for batch in options.batch_sizes:
             torch.manual_seed(options.seed)
-            runner = Runner(build_model(name, options), batch, options, device, flop_counts)
+            runner = Runner(build_model(model, options, routing), batch, options, device, flop_counts)
+            choice = speed_plan_for(runner, options)
+            if choice is not None:
+                _log(f"{name:>12} batch {batch:>4}: speed paths {choice.plan.describe()} ({choice.why})", log)
             for mode in ("train", "infer"):
                 reset_peak_memory(device)
-                timing = time_runs(runner.step(mode), device, profile.warmup, profile.repeats, profile.row_budget_s)
+                with speed_paths.using(choice.plan if choice else None):
+                    timing = time_runs(runner.step(mode), device, profile.warmup, profile.repeats,
+                                       profile.row_budget_s)
                 memory = peak_memory_mb(device)
                 row = _row("models", name, batch, mode, timing, profile.warmup, runner.describe(mode), memory, env)
+                row.update(_plan_columns(choice, device))
                 rows.append(row)
                 on_row(row)
                 _log(f"{name:>12} batch {batch:>4} {mode:>5}: {row['images_per_s']:8.1f} images/s "
                      f"({row['step_ms']:.1f} ms, IQR {row['spread_iqr_pct']:.0f}%)", log)
             del runner
     return rows
+
+
+def speed_plan_for(runner: Runner, options: BenchOptions) -> speed_choice.Choice | None:
+    """The CPU speed plan training would use for this model and batch on this machine (reused from
+    the machine's cache, else measured now); None where no hand-written path applies."""
+    images = tuple(runner.images.shape)
+    return speed_choice.plan_for(runner.model, images, options.bf16)
+
+
+def _plan_columns(choice: speed_choice.Choice | None, device: torch.device) -> dict:
+    if choice is None:
+        why = "not the CPU" if device.type != "cpu" else "no hand-written CPU path in this model"
+        return {"speed_plan": speed_paths.describe(None), "speed_plan_why": why}
+    return {"speed_plan": choice.plan.describe(), "speed_plan_why": choice.why}
 
 
 def _ratio_over_shared_rounds(numerator: Timing, denominator: Timing) -> float:
@@ -155,14 +187,16 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict, on
     compared = tuple(name for name in COMPARED if profile.conv2d_pair or name not in conv2d_pair)
     rows = []
     our_step_s = 0.0
-    with Lockstep(compared, options, batch, flop_counts) as workers:
+    torch.manual_seed(options.seed)
+    choice = speed_plan_for(Runner(build_model(COMPARE_MODEL, options), batch, options, device, flop_counts), options)
+    with Lockstep(compared, options, batch, flop_counts, choice.plan if choice else None) as workers:
         for mode in ("train", "infer"):
             # The nn.Conv2d pair in training only: at inference `auto` takes nn.Conv2d anyway.
             names = [name for name in compared if mode == "train" or name not in conv2d_pair]
             _log(f"routing comparison, {mode}: settling {len(names)} models, each in its own process", log)
-            # Inference needs no minimum: measured, a CapsNet inference process takes no page
-            # faults after its second step, while training's heap grows in bursts for ~75 steps.
-            # Nor does CUDA, where the tensors live in the caching allocator, not the host's heap.
+            # Inference needs no minimum: its heap stops growing after a step or two, while
+            # training's grows in bursts over its first tens of steps. Nor does CUDA, where the
+            # tensors live in the caching allocator, not the host's heap.
             min_s = profile.settle_min_s if mode == "train" and device.type == "cpu" else 0.0
             settled = workers.settle(names, mode, min_s, profile.settle_max_s, profile.settle_steps)
             timings = workers.time_rounds(names, mode, profile.compare_rounds)
@@ -178,6 +212,7 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict, on
                 warmup_steps, memory_settled = settled[name]
                 row = _row("routing", name, batch, mode, timings[name], warmup_steps,
                            workers.ask(name, "describe", mode), None, env)
+                row.update(_plan_columns(choice, device))
                 row["speedup_vs_reference_c"] = _ratio_over_shared_rounds(timings[REFERENCE_C], timings[name])
                 row["speedup_vs_reference_a"] = _ratio_over_shared_rounds(timings[REFERENCE_A], timings[name])
                 # against the stem that computes its convolutions the same way
@@ -231,7 +266,11 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     caller_threads = torch.get_num_threads()
     try:
         threads = set_threads(options.threads)
-        env = _environment(options, device, threads)
+        profile = PROFILES[options.profile]
+        _log("measuring the device's peaks (a large matrix product, a large copy)", log)
+        peaks = roofline.measure_peaks(device, options.bf16, profile.peak_runs, profile.peak_matmul_side,
+                                       profile.peak_copy_mb)
+        env = _environment(options, device, threads, peaks)
         flop_counts: dict = {}
         with algorithm_settings(device, deterministic=False, tf32=options.bf16):  # as training runs
             rows = _model_rows(options, device, env, log, flop_counts, on_row)
@@ -252,15 +291,13 @@ def table_stem(rows: list[dict]) -> str:
 
 
 def primary_conv_used(row: dict) -> str:
-    """How CapsNet's default `primary_conv="auto"` computes PrimaryCaps in a training row."""
-    dtype = torch.bfloat16 if row["dtype"] == "bf16" else torch.float32
-    with torch.enable_grad():
-        dft = worthwhile(torch.empty(row["batch"], 0, device="meta" if row["device"] != "cpu" else "cpu", dtype=dtype))
+    """How CapsNet's default `primary_conv="auto"` computed PrimaryCaps in a training row."""
+    dft = "PrimaryCaps dft" in (row.get("speed_plan") or "")
     return "the DFT (models/cpu/dft_conv.py)" if dft else "nn.Conv2d"
 
 
 def summary_lines(rows: list[dict]) -> list[str]:
-    """CapsNet's numbers against the three references and the targets of issues 5 and 13."""
+    """CapsNet's numbers against the three references and the project's targets."""
     routing = {(r["model"], r["mode"]): r for r in rows if r["section"] == "routing"}
     ours_train, ours_infer = routing.get((COMPARE_MODEL, "train")), routing.get((COMPARE_MODEL, "infer"))
     if ours_train is None or ours_infer is None:
@@ -306,7 +343,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         ]
         if data is not None:
             checks.append(("data preparation < 5% of a step", data["share_of_step_pct"] < TARGETS["data_share_pct"]))
-        lines.append("- targets (issues 5 and 13, this 2-core CPU): "
+        lines.append("- targets (a 2-core CPU): "
                      + "; ".join(f"{name}: {verdict(ok)}" for name, ok in checks))
     return lines
 
@@ -369,10 +406,10 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike, stem: str | None 
     _replace(csv_path, frame.to_csv(index=False))
 
     env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "cpu_bf16_isa", "channels_last",
-                   "cpu_kernels", "image_size", "profile"]
+                   "cpu_kernels", "peak_gflop_per_s", "peak_copy_gb_per_s", "image_size", "profile"]
     measured = ["model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "step_ms_q25", "step_ms_q75",
                 "runs", "warmup_runs", "params", "flops_per_image", "achieved_gflop_per_s", "peak_memory_mb",
-                "memory_kind", "routing_iters"]
+                "memory_kind", "routing", "routing_iters", "speed_plan"]
     frame = frame.astype(object).where(frame.notna(), "")
     parts = [
         f"# Throughput: {stem}",
@@ -393,6 +430,29 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike, stem: str | None 
         "## Models",
         "",
         _markdown(frame[frame["section"] == "models"], measured),
+        "",
+        "## Speed paths",
+        "",
+        "The hand-written CPU paths each model ran (models/speed_paths.py) and why: each is chosen on this "
+        "machine by a short paired measurement against its plain twin on the step it speeds up (the "
+        "factor is the median over rounds of plain time / its time) and runs only from 1.3x; a choice is "
+        "measured once per CPU model, threads, dtype and shape and reused, as training reuses it.",
+        "",
+        _markdown(frame[(frame["section"] == "models") & (frame["mode"] == "train")],
+                  ["model", "batch", "speed_plan", "speed_plan_why"]),
+        "",
+        "## Roofline",
+        "",
+        "The device's peaks are measured in this run in the step's dtype: a large square matrix product "
+        "(peak_gflop_per_s; its side in bench/roofline.py, smaller in the smoke profile) and a large copy "
+        "(peak_copy_gb_per_s, bytes read + written). bytes_per_image sums "
+        "the bytes every operator of the step reads and writes (views aside), as if nothing stayed in cache "
+        "between operators: an upper estimate of memory traffic. The bound is min(peak, flop_per_byte x "
+        "bandwidth); roofline_fraction is achieved_gflop_per_s over it. The bytes are an upper estimate and "
+        "the FLOPs nominal (CapsNet's DFT convolution does about a third of them), so the memory roof is low "
+        "and a fraction can read high, even above 1.",
+        "",
+        _markdown(frame[frame["section"] == "models"], ["model", "batch", "mode", *ROOFLINE]),
     ]
     routing = frame[frame["section"] == "routing"]
     if len(routing):

@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 import models
+from bench.roofline import BytesMoved
 from bench.timing import count_flops
+from models import speed_paths
 from models.cpu.dft_conv import direct_convolutions
 from models.routing_sweeps import torch_sweeps
 from studies.training.devices import autocast
@@ -16,9 +18,12 @@ if TYPE_CHECKING:
     from bench.options import BenchOptions
 
 
-def build_model(name: str, options: "BenchOptions") -> torch.nn.Module:
-    """A registered model at the options' image size (and routing iterations, for CapsNet)."""
+def build_model(name: str, options: "BenchOptions", routing: str | None = None) -> torch.nn.Module:
+    """A registered model at the options' image size (and routing iterations and procedure, for
+    CapsNet)."""
     config = {"input_size": options.image_size}
+    if routing is not None:
+        config["routing"] = routing
     if options.routing_iters is not None and "routing_iters" in models.option_names(name):
         config["routing_iters"] = options.routing_iters
     return models.create(name, **config)
@@ -63,24 +68,31 @@ class Runner:
     def step(self, mode: str) -> Callable[[], None]:
         return self.train_step if mode == "train" else self.infer
 
-    def flops_per_image(self, mode: str) -> int:
-        # The network's nominal FLOPs: counted on the eager model (the compiled one computes the
-        # same products) with direct convolutions, where CapsNet's DFT path needs about a third,
-        # and with routing on PyTorch ops (the counter cannot see into the C++ vote product).
-        # Every counted product grows with the batch, so one count per network and mode serves
-        # all batch sizes (`flop_counts` is shared by the rows of one benchmark run).
-        key = (type(self.model), getattr(self.model, "config", None), mode)
+    def work_per_image(self, mode: str) -> tuple[int, int]:
+        """FLOPs and bytes moved per image (bench/roofline.py): the network's nominal work, counted on
+        the eager model (the compiled one computes the same products) with direct convolutions, where
+        CapsNet's DFT path needs about a third of the FLOPs, and with routing on PyTorch ops (the
+        counters cannot see into the C++ kernels). Counted per batch size (the weights and Adam's
+        state move once per step, whatever the batch); `flop_counts` is shared by the rows of one
+        benchmark run."""
+        batch = self.images.shape[0]
+        key = (type(self.model), getattr(self.model, "config", None), mode, batch)
         if key not in self.flop_counts:
             fn = self.step(mode)
-            with direct_convolutions(), torch_sweeps():
-                self.flop_counts[key] = count_flops(lambda: fn(self.model)) // self.images.shape[0]
+            moved = BytesMoved()
+            with direct_convolutions(), torch_sweeps(), speed_paths.using(None):
+                flops = count_flops(lambda: fn(self.model), moved)
+            self.flop_counts[key] = (flops // batch, moved.total // batch)
         return self.flop_counts[key]
 
     def describe(self, mode: str) -> dict:
         """The row columns that describe the network rather than its speed."""
         config = getattr(self.model, "config", None)
+        flops, moved = self.work_per_image(mode)
         return {
             "params": sum(p.numel() for p in self.model.parameters()),
-            "flops_per_image": self.flops_per_image(mode),
+            "flops_per_image": flops,
+            "bytes_per_image": moved,
             "routing_iters": getattr(config, "routing_iters", None),
+            "routing": getattr(config, "routing", None),
         }

@@ -7,6 +7,7 @@ quartiles of the per-run times are reported rather than a mean.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -97,14 +98,18 @@ def time_runs(
     return Timing(times)
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (multiply and add counted separately, so 2 per MAC) of one call of `fn`.
+def count_flops(fn: Callable[[], object], *other_counters) -> int:
+    """FLOPs (multiply and add counted separately, so 2 per MAC) of one call of `fn`, with any
+    other counting modes active in the same call.
 
     torch.utils.flop_counter counts matrix products and convolutions, forward and backward;
     elementwise work (softmax, squash, optimiser) is not counted.
     """
     counter = FlopCounterMode(display=False)
-    with counter:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(counter)
+        for other in other_counters:
+            stack.enter_context(other)
         fn()
     return int(counter.get_total_flops())
 

@@ -13,11 +13,14 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Interval
 from torch import nn
 
+from models import speed_paths
 from models.cpu.dft_conv import direct_only, stride2_conv_dft, worthwhile
 from models.fields import ConfigError, check_fields
 from models.output import LossTerms, ModelOutput
 from models.registry import register
 from models.routing import squash, votes_and_route
+from models.routing_procedures import RoutingName
+from models.routing_procedures import build as build_routing
 
 PrimaryConv = Literal["auto", "direct", "dft"]
 
@@ -34,6 +37,10 @@ class CapsNetConfig:
     primary_types: Count = 32
     primary_dim: Count = 8
     digit_dim: Count = 16
+    # How the primary capsules are routed to the class capsules (models/routing_procedures.py):
+    # "dynamic" is the paper's Procedure 1; the others are alternatives from the literature that
+    # replace only the routing, on the same W and votes.
+    routing: RoutingName = "dynamic"
     routing_iters: Count = 3
     # Scale of the summed squared reconstruction error in the loss (paper: 0.0005).
     recon_weight: Annotated[float, Ge(0)] = 0.0005
@@ -88,7 +95,12 @@ class PrimaryCaps(nn.Module):
     def uses_dft(self, x: torch.Tensor) -> bool:
         if direct_only():
             return False
-        return self.method == "dft" or (self.method == "auto" and worthwhile(x))
+        if self.method != "auto":
+            return self.method == "dft"
+        plan = speed_paths.current()
+        if plan is None or plan.primary_conv is None or x.device.type != "cpu":
+            return worthwhile(x)
+        return plan.primary_conv == "dft" and worthwhile(x, min_batch=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_dft(x):
@@ -103,7 +115,8 @@ class PrimaryCaps(nn.Module):
 
 class DigitCaps(nn.Module):
     """Class capsules: one (child_dim x parent_dim) matrix W_ij per (child, parent) pair, and
-    routing-by-agreement from the primary capsules (models/routing.py)."""
+    routing from the primary capsules: routing-by-agreement (models/routing.py) by default, or the
+    procedure `config.routing` names (models/routing_procedures.py), which may own parameters."""
 
     def __init__(self, config: CapsNetConfig):
         super().__init__()
@@ -112,9 +125,17 @@ class DigitCaps(nn.Module):
             config.weight_init_std
             * torch.randn(config.num_primary, config.num_classes, config.primary_dim, config.digit_dim)
         )
+        # Dynamic routing keeps its direct call below, so its module tree, state dict and compiled
+        # graph are those of the model without a routing choice.
+        self.procedure = None if config.routing == "dynamic" else build_routing(
+            config.routing, config.num_primary, config.num_classes, config.digit_dim, config.routing_iters)
 
     def forward(self, u: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
-        return votes_and_route(u, self.weight, self.config.routing_iters, self.config.detach_inner, couplings)
+        if self.procedure is None:
+            return votes_and_route(u, self.weight, self.config.routing_iters, self.config.detach_inner, couplings)
+        # forward, not __call__: PyTorch's module tracker (FlopCounterMode, which the bench uses)
+        # fails on a Parameter passed to a module call under inference_mode.
+        return self.procedure.forward(u, self.weight, self.config.routing_iters, self.config.detach_inner, couplings)
 
 
 class Decoder(nn.Module):

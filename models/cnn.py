@@ -30,9 +30,8 @@ class CNNConfig:
     fc_features: tuple[Count, ...] = (328, 192)
     dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.5
     pool: bool = False
-    # Memory layout only (the same function): NHWC activations and weights, which oneDNN's bf16
-    # convolutions and max pooling run much faster (cnn_pool training step 316 -> 460 images/s,
-    # inference 614 -> 1343 at batch 64 / 250, bf16, on this project's 2-core CPU).
+    # Memory layout only (the same function): NHWC activations and weights, the layout oneDNN's
+    # bf16 convolutions and max pooling have their fast kernels for (bench/README.md).
     channels_last: bool = True
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from models import speed_paths
 from models.compile_barrier import eager_under_compile
 from models.routing_sweeps import VotesGrad, backward_sweep, blocks, forward_sweep, votes_and_sum
 
@@ -204,12 +205,21 @@ def route_with_autograd(u: torch.Tensor, weight: torch.Tensor, iters: int, detac
 @torch.compiler.assume_constant_result
 def _kernels_behind_barrier(device_type: str) -> bool:
     """Whether a compiled step keeps the hand-scheduled routing (eager, behind the compile barrier):
-    on the CPU where the C++ kernels are built. Elsewhere (CUDA, or CAPSBENCH_CPU_KERNELS=0) the
-    compiled step traces `route_with_autograd`. A constant for the tracer: it is asked once, not
-    traced (finding the kernels takes a lock)."""
+    on the CPU where the C++ kernels are built and the speed plan, if any, chose them. Elsewhere
+    (CUDA, CAPSBENCH_CPU_KERNELS=0, or a plan of "sweeps" or "autograd") the compiled step traces
+    `route_with_autograd`. A constant for the tracer: it is asked once, not traced (finding the
+    kernels takes a lock)."""
     from models.cpu import kernels as cpu_kernels
 
-    return device_type == "cpu" and cpu_kernels.module() is not None
+    plan = speed_paths.current()
+    chosen = plan is None or plan.routing in (None, "kernels")
+    return device_type == "cpu" and chosen and cpu_kernels.module() is not None
+
+
+def _plain_by_plan(device_type: str) -> bool:
+    """Whether the speed plan in force runs the plain twin (`route_with_autograd`) on the CPU."""
+    plan = speed_paths.current()
+    return device_type == "cpu" and plan is not None and plan.routing == "autograd"
 
 
 def votes_and_route(
@@ -224,12 +234,14 @@ def votes_and_route(
     coefficients of every iteration are appended as (batch, children, parents) tensors.
 
     Eager, the hand-scheduled routing above runs (its C++ kernels on the CPU); under torch.compile,
-    the plain-ops one where the kernels are not in play. Votes and routing run in float32 even under
+    the plain-ops one where the kernels are not in play; on the CPU, whichever the speed plan in
+    force chose (models/speed_paths.py). Votes and routing run in float32 even under
     autocast (softmax and squash of bf16 votes lose too much); the layers around them keep the
     autocast dtype."""
     children, parents, child_dim, dim = weight.shape
     with torch.autocast(device_type=u.device.type, enabled=False):
-        if torch.compiler.is_compiling() and not _kernels_behind_barrier(u.device.type):
+        device_type = u.device.type
+        if _plain_by_plan(device_type) or (torch.compiler.is_compiling() and not _kernels_behind_barrier(device_type)):
             return route_with_autograd(u.float(), weight.float(), iters, detach_inner, couplings)
         u_t = u.float().permute(1, 2, 0).contiguous()  # (children, child_dim, batch)
         weight_t = weight.float().permute(0, 3, 1, 2).reshape(children, dim * parents, child_dim)

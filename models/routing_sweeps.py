@@ -7,13 +7,13 @@ block from its rank-one factors (`VotesGrad.rows`). In PyTorch ops each sweep is
 with block temporaries (`_torch_*`, blocked for the last-level cache); on the CPU a small C++
 kernel (models/cpu/csrc/routing_sweeps.h, built by `models.cpu.kernels`) does the same arithmetic
 in one pass per child, and the votes themselves (`votes_and_sum`) come from a kernel that also
-sums them for the first iteration while they are in cache. Against the PyTorch ops, on DigitCaps
-forward + backward at batch 64 (3 iterations), measured by `python -m bench.speed_paths --paths
-routing_sweeps` (rounds interleaved in one process) on the project's 2-core CPU: 1.89x (84 vs
-147 ms); with `--threads 1`, while other work loaded the machine, 1.74x (90 vs 155 ms). Off
-the CPU, for other dtypes, where the kernels cannot be built and inside `torch_sweeps()`, the
-PyTorch version runs; both compute the same function (tested), and the kernels' sums do not
-depend on the thread count (fixed chunks of children, added in order).
+sums them for the first iteration while they are in cache. Which runs on a CPU is the speed
+plan's choice (models/speed_paths.py, measured where training runs by
+studies/training/speed_choice.py; `python -m bench.speed_paths` measures it by hand, and
+bench/README.md keeps what it measured where the kernels were written). Off the CPU, for other
+dtypes, where the kernels cannot be built and inside `torch_sweeps()`, the PyTorch version runs;
+both compute the same function (tested), and the kernels' sums do not depend on the thread count
+(fixed chunks of children, added in order).
 """
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ import contextlib
 
 import torch
 
+from models import speed_paths
 from models.cpu import kernels as cpu_kernels
 
 # Bigger blocks mean fewer (OpenMP-parallel) ops per step, which matters when other processes
-# share the cores; 2 MB and 8 MB blocks measured the same on the 2-core CPU, one 47 MB block slower.
+# share the cores; a block the size of the whole vote tensor no longer fits the last-level cache.
 _BLOCK_BYTES = 1 << 23
-# The kernels vectorise over the batch axis; below this batch they gain less than 1.3x (measured as
-# above with --batch B --threads 1: 0.74x at batch 2, 1.14x at 8, 1.58x at 16, 1.83x at 32).
+# Without a speed plan: the kernels vectorise over the batch axis, so at small batches they lose
+# to the PyTorch ops (bench/README.md has the factors by batch).
 MIN_KERNEL_BATCH = 16
 
 
@@ -98,7 +99,13 @@ def torch_sweeps():
 
 
 def _use_kernel(votes: torch.Tensor, batch: int) -> bool:
-    return not _disabled_here and batch >= MIN_KERNEL_BATCH and cpu_kernels.usable(votes)
+    """Whether the C++ kernel runs: as the speed plan in force says (models/speed_paths.py), or
+    without one from MIN_KERNEL_BATCH; only where the kernels take the tensors."""
+    if _disabled_here:
+        return False
+    plan = speed_paths.current()
+    chosen = batch >= MIN_KERNEL_BATCH if plan is None or plan.routing is None else plan.routing == "kernels"
+    return chosen and cpu_kernels.usable(votes)
 
 
 def votes_and_sum(weight_t, u_t, votes) -> torch.Tensor:

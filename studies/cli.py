@@ -119,6 +119,7 @@ def _model_options(args) -> dict:
 
 
 def _run_train(args) -> None:
+    from studies.training.speed_choice import measured_plan
     from studies.training.train import train
 
     config = TrainConfig(
@@ -128,7 +129,7 @@ def _run_train(args) -> None:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, bf16=args.bf16,
         data_root=args.data_root, progress=not args.no_progress,
     )
-    result = train(config)
+    result = train(config, speed_plan=measured_plan)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return

@@ -1,9 +1,5 @@
 """The throughput benchmark on the CPU with tiny sizes (the smoke profile)."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,23 +11,16 @@ from bench.run import COLUMNS, run_benchmark, table_stem, write_tables
 from studies.engine.throughput import machine_slug
 from studies.training.devices import cpu_bf16_isa, cpu_model
 
-ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = [
     "model", "batch", "mode", "images_per_s", "spread_iqr_pct", "step_ms", "params", "flops_per_image",
     "achieved_gflop_per_s", "peak_memory_mb", "device", "device_name", "torch", "threads", "compile", "dtype",
 ]
 
 
-def run_bench(*args, cwd=None, results=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if results is not None:
-        env["CAPSBENCH_RESULTS"] = str(results)
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, env=env, cwd=cwd)
-
-
 @pytest.fixture(scope="module")
 def smoke_rows():
-    options = BenchOptions(profile="smoke", models=("capsnet", "cnn_pool"), batch_sizes=(2,), device="cpu", threads=1)
+    options = BenchOptions(profile="smoke", models=("capsnet", "cnn_pool"), batch_sizes=(2,), device="cpu", threads=1,
+                           routings=("self_attention",))
     return run_benchmark(options)
 
 
@@ -46,9 +35,11 @@ def test_the_benchmark_leaves_the_callers_thread_count_alone():
         torch.set_num_threads(caller)
 
 
+@pytest.mark.e2e  # smoke_rows: the whole benchmark, run in this process
 def test_rows_cover_every_model_batch_and_mode(smoke_rows):
     measured = {(r["model"], r["batch"], r["mode"]) for r in smoke_rows if r["section"] == "models"}
-    assert measured == {(m, 2, mode) for m in ("capsnet", "cnn_pool") for mode in ("train", "infer")}
+    assert measured == {(m, 2, mode) for m in ("capsnet", "capsnet/self_attention", "cnn_pool")
+                        for mode in ("train", "infer")}
     for row in smoke_rows:
         assert list(row) == COLUMNS
         assert row["images_per_s"] > 0 and row["step_ms"] > 0 and row["threads"] == 1
@@ -59,8 +50,37 @@ def test_rows_cover_every_model_batch_and_mode(smoke_rows):
     assert 1.1e9 < capsnet["flops_per_image"] < 1.3e9
     assert capsnet["peak_memory_mb"] > 0 and capsnet["memory_kind"].startswith("process")
     assert capsnet["achieved_gflop_per_s"] == pytest.approx(capsnet["flops_per_image"] * capsnet["images_per_s"] / 1e9)
+    # The roofline: the device's measured peaks, the step's bytes, the bound and the fraction reached
+    assert capsnet["peak_gflop_per_s"] > 0 and capsnet["peak_copy_gb_per_s"] > 0
+    assert capsnet["bytes_per_image"] > 0 and capsnet["bound"] in ("compute", "memory")
+    assert capsnet["flop_per_byte"] == pytest.approx(capsnet["flops_per_image"] / capsnet["bytes_per_image"])
+    assert capsnet["roofline_fraction"] == pytest.approx(capsnet["achieved_gflop_per_s"]
+                                                         / capsnet["attainable_gflop_per_s"])
+    # Which speed paths each model ran, and why
+    assert capsnet["speed_plan"].startswith("routing ") and "PrimaryCaps" in capsnet["speed_plan"]
+    assert "against the plain twin" in capsnet["speed_plan_why"]
+    other_routing = next(r for r in smoke_rows if r["model"] == "capsnet/self_attention" and r["mode"] == "train")
+    assert other_routing["routing"] == "self_attention" and other_routing["speed_plan"].startswith("PrimaryCaps")
+    cnn = next(r for r in smoke_rows if r["model"] == "cnn_pool" and r["mode"] == "train")
+    assert cnn["speed_plan_why"] == "no hand-written CPU path in this model"
 
 
+def test_the_roofline_of_a_hand_worked_row():
+    from bench.roofline import BytesMoved, Peaks, columns
+
+    # 100 FLOPs and 50 bytes an image: 2 FLOP/byte; at 4 GB/s memory allows 8 GFLOP/s, below the 10 of
+    # the matrix product, so the step is memory-bound; 4e7 images/s reach 4 GFLOP/s, half the bound.
+    row = columns({"flops_per_image": 100, "bytes_per_image": 50, "images_per_s": 4e7}, Peaks(10.0, 4.0))
+    assert row["bound"] == "memory" and row["attainable_gflop_per_s"] == 8.0 and row["roofline_fraction"] == 0.5
+    compute_bound = columns({"flops_per_image": 100, "bytes_per_image": 1, "images_per_s": 1e7}, Peaks(10.0, 4.0))
+    assert compute_bound["bound"] == "compute"
+    a, b = torch.ones(1000), torch.ones(1000)
+    with BytesMoved() as moved:
+        (a + b).view(10, 100)  # the add reads 2 x 4000 bytes and writes 4000; the view moves nothing
+    assert moved.total == 12_000
+
+
+@pytest.mark.e2e
 def test_routing_comparison_and_data_rows(smoke_rows):
     routing = {(r["model"], r["mode"]): r for r in smoke_rows if r["section"] == "routing"}
     assert set(routing) == {
@@ -88,6 +108,7 @@ def test_routing_comparison_and_data_rows(smoke_rows):
     assert len(data) == 1 and data[0]["share_of_step_pct"] > 0
 
 
+@pytest.mark.e2e
 def test_tables_have_every_required_column(smoke_rows, tmp_path):
     paths = write_tables(smoke_rows, tmp_path / "smoke")
     assert [p.name for p in paths] == ["throughput-cpu-fp32.csv", "throughput-cpu-fp32.md"]
@@ -102,13 +123,15 @@ def test_tables_have_every_required_column(smoke_rows, tmp_path):
     assert summary.index("reference (c)") < summary.index("reference (a)")
 
 
+@pytest.mark.e2e
 def test_table_name_says_dtype_and_compile(smoke_rows):
     compiled = [dict(r, compile=True, dtype="bf16", device="cuda") for r in smoke_rows]
     assert table_stem(compiled) == "throughput-cuda-bf16-compiled"
 
 
-def test_command_line_json_and_tables(tmp_path):
-    done = run_bench("--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "2", "--device", "cpu",
+@pytest.mark.e2e
+def test_command_line_json_and_tables(tmp_path, run_process):
+    done = run_process("bench", "--profile", "smoke", "--models", "cnn_pool", "--batch-sizes", "2", "--device", "cpu",
                      "--no-references", "--json", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
@@ -155,6 +178,7 @@ def test_bf16_is_refused_on_a_cpu_without_bf16_matrix_units(tmp_path, run_cli, m
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.e2e
 def test_bf16_on_a_cpu_with_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
     from studies.training import devices
 
@@ -167,6 +191,7 @@ def test_bf16_on_a_cpu_with_bf16_matrix_units(tmp_path, run_cli, monkeypatch):
     assert (tmp_path / "throughput-cpu-bf16.md").exists()
 
 
+@pytest.mark.e2e
 def test_bf16_and_compile_together_on_the_cpu(tmp_path, run_cli, monkeypatch):
     from studies.training import devices
 
@@ -183,8 +208,7 @@ def test_bf16_and_compile_together_on_the_cpu(tmp_path, run_cli, monkeypatch):
 def test_speed_paths_factor_is_the_paired_ratio_of_plain_to_fast():
     import time
 
-    from bench.speed_paths import interleave
-    from bench.timing import paired_ratio
+    from studies.training.speed_choice import interleave, paired_factors
 
     calls = []
 
@@ -195,24 +219,26 @@ def test_speed_paths_factor_is_the_paired_ratio_of_plain_to_fast():
 
         return step
 
-    fast, plain = interleave(sleeper("fast", 0.002), sleeper("plain", 0.006), rounds=4)
-    assert len(fast.times) == len(plain.times) == 4
-    assert 2.0 < paired_ratio(plain, fast) < 4.5  # 3x, give or take the sleeps' overshoot
-    # two calls each per round (one untimed, one timed), the order swapped every round
+    times = interleave({"fast": sleeper("fast", 0.002), "plain": sleeper("plain", 0.006)}, rounds=4)
+    assert len(times["fast"]) == len(times["plain"]) == 4
+    assert 2.0 < paired_factors(times, "plain")["fast"] < 4.5  # 3x, give or take the sleeps' overshoot
+    # two calls each per round (one untimed, one timed), the order rotated every round
     assert calls[:8] == ["fast", "fast", "plain", "plain", "plain", "plain", "fast", "fast"]
 
 
 def test_speed_paths_command_line(capsys):
     from bench.speed_paths import main
 
-    assert main(["--paths", "routing_sweeps,dft_conv", "--batch", "2", "--rounds", "1", "--threads", "1"]) == 0
+    assert main(["--paths", "routing_kernels,routing_sweeps,dft_conv", "--batch", "2", "--rounds", "1",
+                 "--threads", "1"]) == 0
     table = capsys.readouterr().out
-    assert "| routing_sweeps |" in table and "| dft_conv |" in table
+    assert "| routing_kernels |" in table and "| routing_sweeps |" in table and "| dft_conv |" in table
     assert main(["--paths", "workspace"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: unknown speed path 'workspace'")
 
 
+@pytest.mark.e2e
 def test_the_throughput_study_measures_each_dtype_once_and_the_report_embeds_it(tmp_path, run_cli):
     env = {"CAPSBENCH_RESULTS": tmp_path / "results"}
     out = tmp_path / "results" / "smoke"

@@ -76,6 +76,7 @@ def test_every_worker_builds_the_same_weights():
         build_compared("resnet", _options())
 
 
+@pytest.mark.e2e  # worker processes that build and time the models
 def test_lockstep_times_each_model_in_its_own_process():
     names = COMPARED[:2]
     with Lockstep(names, _options(), batch=2) as workers:
@@ -90,6 +91,7 @@ def test_lockstep_times_each_model_in_its_own_process():
     assert all(not process.is_alive() for process, _ in workers.workers.values())
 
 
+@pytest.mark.e2e  # worker processes, as above
 def test_a_failing_worker_is_an_error_naming_it_not_a_hang():
     with pytest.raises(RuntimeError, match="worker for resnet failed"):
         Lockstep(("capsnet", "resnet"), _options(), batch=2)

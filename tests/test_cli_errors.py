@@ -2,7 +2,6 @@
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -41,20 +40,19 @@ def test_bad_arguments(args, fragments, studies):
     assert_one_line_error(studies("train", *args, "--train-size", "8"), *fragments)
 
 
-def test_the_entry_point_reports_bad_input_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "studies", "train", "--model", "resnet"], capture_output=True, text=True)
+def test_the_entry_point_reports_bad_input_in_one_line(run_process):
+    done = run_process("studies", "train", "--model", "resnet")
     assert_one_line_error(done, "invalid choice: 'resnet'")
 
 
 @pytest.mark.parametrize("program", ["studies", "bench"])
-def test_ctrl_c_during_start_up_is_one_line(program, tmp_path):
+def test_ctrl_c_during_start_up_is_one_line(program, tmp_path, run_process):
     """Ctrl-C while torch and the rest are still being imported: one line and exit code 130, not the
     traceback of whichever module it landed in."""
     args = (["data", "--data-root", str(tmp_path)] if program == "studies"
             else ["--profile", "smoke", "--out", str(tmp_path)])
-    started = subprocess.Popen([sys.executable, "-m", program, *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    started = run_process(program, *args, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # While torch is being imported (its library mapped, the import not done): the entry point's
     # guard is in place by then, and start-up is not over.
     maps = Path(f"/proc/{started.pid}/maps")

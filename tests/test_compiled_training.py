@@ -40,6 +40,7 @@ def test_compile_auto_means_cuda_only():
         TrainConfig(deterministic="true")
 
 
+@pytest.mark.e2e  # trains, crashes and resumes a compiled run
 def test_a_compiled_run_trains_checkpoints_plain_names_and_resumes_to_the_same_result(tmp_path):
     splits = synthetic_splits()
     config = tiny(compile="on")

@@ -7,9 +7,6 @@ devices agree to rounding.
 """
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -281,10 +278,10 @@ def test_resuming_on_cuda_gives_the_uninterrupted_result(tmp_path):
     assert resumed.test_accuracy == straight.test_accuracy
 
 
-def test_the_bench_runs_end_to_end_on_cuda(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-m", "bench", "--device", "cuda", "--profile", "smoke", "--json",
-                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+@pytest.mark.e2e
+def test_the_bench_runs_end_to_end_on_cuda(tmp_path, run_process):
+    done = run_process("bench", "--device", "cuda", "--profile", "smoke", "--json", "--out", tmp_path,
+                       env={"PYTHONPATH": ROOT}, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(done.stdout)
     assert {row["device"] for row in rows} == {"cuda"} and all(row["images_per_s"] > 0 for row in rows)

@@ -331,33 +331,21 @@ def test_a_damaged_file_is_named_and_left_alone_and_nothing_is_fetched(tmp_path,
 
 # --- real processes ---------------------------------------------------------------------------
 
-def studies_process(*args, results, **popen):
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(results))
-    return subprocess.Popen([sys.executable, "-m", "studies", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+@pytest.fixture
+def studies_process(run_process):
+    """`python -m studies ...` started in a new process, its stdout and stderr piped."""
+    return lambda *args, results: run_process("studies", *args, results=results, wait=False,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-SLOW_SPEC = """
-name = "slow"
-[[arms]]
-model = "cnn_pool"
-[arms.scientific]
-augmentation = ["none"]
-[profiles.smoke]
-seeds = [0]
-train_size = 4000
-test_size = 50
-epochs = 3
-batch_size = 16
-"""
-
-
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "interrupted: SIGTERM"), (signal.SIGINT, "interrupted: Ctrl-C")])
-def test_a_signal_stops_the_run_and_the_trial_uses_no_attempt(tmp_path, signum, said):
-    spec = tmp_path / "slow.toml"
-    spec.write_text(SLOW_SPEC)
+def test_a_signal_stops_the_run_and_the_trial_uses_no_attempt(tmp_path, signum, said, studies_process, tiny_spec):
+    # one point that trains long enough to be interrupted
+    spec = tiny_spec(tmp_path, name="slow", scientific={"augmentation": ["none"]}, train_size=4000, test_size=50,
+                     epochs=3)
     results = tmp_path / "results"
-    worker = studies_process("run", "--study", str(spec), "--profile", "smoke", "--no-progress", "--no-report",
+    worker = studies_process("run", "--study", spec, "--profile", "smoke", "--no-progress", "--no-report",
                              results=results)
     url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
     wait_for_trials(worker, results / "smoke" / "studies.db", "slow.mnist.smoke",  # until the trial is training
@@ -372,38 +360,21 @@ def test_a_signal_stops_the_run_and_the_trial_uses_no_attempt(tmp_path, signum, 
     assert point_states([trial], identities) == {trial.user_attrs[POINT_ATTR]: "retry"}
 
 
-TWO_MODELS = """
-name = "pair"
-[[arms]]
-model = "capsnet"
-[arms.scientific]
-routing_iters = [1]
-[[arms]]
-model = "cnn_pool"
-[arms.scientific]
-augmentation = ["shift2"]
-[profiles.smoke]
-seeds = [0]
-train_size = 64
-test_size = 100
-epochs = 1
-batch_size = 32
-"""
-
-
-def test_the_same_seed_gives_the_same_numbers_with_one_or_two_workers(tmp_path, monkeypatch):
+@pytest.mark.e2e
+def test_the_same_seed_gives_the_same_numbers_with_one_or_two_workers(tmp_path, monkeypatch, studies_process,
+                                                                      tiny_spec):
     import pandas as pd
 
     # The machine's own thread count, as a user's run has (the suite's processes may run with one).
     monkeypatch.delenv("CAPSBENCH_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
-    spec = tmp_path / "pair.toml"
-    spec.write_text(TWO_MODELS)
+    spec = tiny_spec(tmp_path, name="pair", arms=[("capsnet", {"routing_iters": [1]}),
+                                                  ("cnn_pool", {"augmentation": ["shift2"]})], batch_size=32)
     frames = []
     for workers in (1, 2):
         results = tmp_path / f"results-{workers}"
-        done = studies_process("run", "--study", str(spec), "--profile", "smoke", "--no-progress", "--no-report",
+        done = studies_process("run", "--study", spec, "--profile", "smoke", "--no-progress", "--no-report",
                                "--workers", str(workers), results=results)
         _, stderr = done.communicate(timeout=600)
         assert done.returncode == 0, stderr

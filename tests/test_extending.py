@@ -1,9 +1,6 @@
 """Adding a model and a study without editing the suite: a module outside the suite's packages
 registers the model, a spec file outside the repository names it, and the smoke profile runs."""
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,15 +10,14 @@ pytestmark = pytest.mark.data
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def test_a_users_model_and_study_run_from_outside_the_repository(tmp_path):
+@pytest.mark.e2e
+def test_a_users_model_and_study_run_from_outside_the_repository(tmp_path, run_process):
     outside = tmp_path / "my_project"
     outside.mkdir()
     for name in ("my_mlp.py", "my_study.toml"):
         shutil.copy(EXAMPLES / name, outside / name)
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(tmp_path / "results"))
-    done = subprocess.run([sys.executable, "-m", "studies", "run", "--study", str(outside / "my_study.toml"),
-                           "--profile", "smoke", "--no-progress"], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+    done = run_process("studies", "run", "--study", outside / "my_study.toml", "--profile", "smoke", "--no-progress",
+                       results=tmp_path / "results", cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "results" / "smoke"
     trials = pd.read_csv(out / "my_study-trials.csv")

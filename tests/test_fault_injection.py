@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import textwrap
 from pathlib import Path
 
 import optuna
@@ -22,19 +21,6 @@ from studies.data.datasets import RAW_FILES, prepare
 
 pytestmark = pytest.mark.data
 
-SPEC = """
-name = "tiny"
-[[arms]]
-model = "cnn_pool"
-[arms.scientific]
-augmentation = {augmentations}
-[profiles.smoke]
-seeds = [0]
-train_size = 64
-test_size = 100
-epochs = 1
-batch_size = 32
-"""
 STUDY = "tiny.mnist.smoke"
 # cnn_pool's checkpoint (weights and Adam's two moments) is about 55 MB; the study's SQLite file
 # about 120 kB. A disk with a few MB to spare takes the storage's writes but not a checkpoint.
@@ -92,10 +78,11 @@ def mounts(tmp_path):
         made.undo()
 
 
-def write_spec(directory: Path, augmentations: list[str]) -> Path:
-    path = directory / "tiny.toml"
-    path.write_text(textwrap.dedent(SPEC.format(augmentations=augmentations)))
-    return path
+@pytest.fixture
+def write_spec(tiny_spec):
+    """tiny.toml: cnn_pool over the given augmentations, seed 0, batches of 32."""
+    return lambda directory, augmentations: tiny_spec(directory, scientific={"augmentation": augmentations},
+                                                      batch_size=32)
 
 
 def one_line_error(done, *fragments) -> str:
@@ -131,7 +118,9 @@ def studies(run_cli):
     return run
 
 
-def test_a_disk_that_fills_during_a_study_ends_in_one_line_and_the_next_run_completes(mounts, tmp_path, studies):
+@pytest.mark.e2e
+def test_a_disk_that_fills_during_a_study_ends_in_one_line_and_the_next_run_completes(mounts, tmp_path, studies,
+                                                                                     write_spec):
     disk = mounts.tmpfs(tmp_path / "disk", ROOMY)
     results = disk / "results"
     database = results / "smoke" / "studies.db"
@@ -176,7 +165,7 @@ def test_a_disk_that_fills_during_a_study_ends_in_one_line_and_the_next_run_comp
     assert partial_files(disk) == [] and (results / "smoke" / "REPORT.md").exists()
 
 
-def test_read_only_results_are_refused_before_training_whatever_the_storage(mounts, tmp_path, studies):
+def test_read_only_results_are_refused_before_training_whatever_the_storage(mounts, tmp_path, studies, write_spec):
     source = tmp_path / "results"
     (source / "smoke").mkdir(parents=True)
     view = mounts.read_only_view(source, tmp_path / "read-only")
@@ -206,7 +195,7 @@ def test_a_journal_append_cut_short_by_a_full_disk_leaves_the_journal_whole(moun
     assert [t.value for t in reread.get_trials()] == [1.0, 3.0]
 
 
-def test_damaged_pixels_in_a_published_file_are_refused_and_left_as_they_are(tmp_path, studies, run_cli):
+def test_damaged_pixels_in_a_published_file_are_refused_and_left_as_they_are(tmp_path, studies, run_cli, write_spec):
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in RAW_FILES:

@@ -4,8 +4,6 @@ stages survive one another's failures, hangs and time limits; the bench leaves t
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,16 +31,17 @@ def _path_without_nvidia_smi() -> str:
                            if folder and not (Path(folder) / "nvidia-smi").exists())
 
 
-def _check(out: Path, path: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=path)
-    env.pop("PYTHONPATH", None)
-    return subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def check(run_process):
+    """`python -m bench.gpu_check --out OUT` with the given PATH and no PYTHONPATH, from the repository."""
+    return lambda out, path: run_process("bench.gpu_check", "--out", out, env={"PATH": path, "PYTHONPATH": None},
+                                         cwd=ROOT, timeout=120)
 
 
+@pytest.mark.e2e
 @needs_no_cuda
-def test_without_cuda_the_check_exits_0_and_names_every_cuda_stage_as_skipped(tmp_path):
-    done = _check(tmp_path / "gpu", _path_without_nvidia_smi())
+def test_without_cuda_the_check_exits_0_and_names_every_cuda_stage_as_skipped(tmp_path, check):
+    done = check(tmp_path / "gpu", _path_without_nvidia_smi())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu" / "summary.json").read_text())
     stages = {stage["name"]: stage for stage in summary["stages"]}
@@ -57,13 +56,14 @@ def test_without_cuda_the_check_exits_0_and_names_every_cuda_stage_as_skipped(tm
     assert (tmp_path / "gpu" / "logs" / "environment.log").is_file()
 
 
+@pytest.mark.e2e
 @needs_no_cuda
-def test_a_gpu_the_driver_lists_but_torch_cannot_use_fails_the_check_naming_both(tmp_path):
+def test_a_gpu_the_driver_lists_but_torch_cannot_use_fails_the_check_naming_both(tmp_path, check):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text(STAND_IN_NVIDIA_SMI)
     (bin_dir / "nvidia-smi").chmod(0o755)
-    done = _check(tmp_path / "gpu", f"{bin_dir}{os.pathsep}{_path_without_nvidia_smi()}")
+    done = check(tmp_path / "gpu", f"{bin_dir}{os.pathsep}{_path_without_nvidia_smi()}")
     assert done.returncode != 0
     summary = json.loads((tmp_path / "gpu" / "summary.json").read_text())
     environment = summary["stages"][0]

@@ -1,18 +1,14 @@
 """The MultiMNIST study end to end (smoke profile) and how a profile without it says so."""
-import os
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
 pytestmark = pytest.mark.data
 
 
-def test_the_smoke_study_writes_its_table_effects_and_figure(tmp_path):
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(tmp_path))
-    done = subprocess.run([sys.executable, "-m", "studies", "run", "--study", "multimnist", "--profile", "smoke",
-                           "--no-progress"], env=env, capture_output=True, text=True)
+@pytest.mark.e2e
+def test_the_smoke_study_writes_its_table_effects_and_figure(tmp_path, run_process):
+    done = run_process("studies", "run", "--study", "multimnist", "--profile", "smoke", "--no-progress",
+                       results=tmp_path)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "smoke"
     trials = pd.read_csv(out / "multimnist-trials.csv")

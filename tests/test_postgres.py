@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -24,9 +23,8 @@ import pytest
 from optuna.trial import TrialState
 
 from studies.engine.storage import open_storage
-from tests.test_study_engine import studies_cli, write_spec
 
-pytestmark = pytest.mark.data
+pytestmark = [pytest.mark.data, pytest.mark.e2e]  # a PostgreSQL server and `python -m studies` runs
 
 SERVER_TOOLS = ("initdb", "pg_ctl", "pg_isready", "createdb")
 INSTALL_HINT = (f"no PostgreSQL server binaries ({', '.join(SERVER_TOOLS)}) found; install them with "
@@ -137,26 +135,21 @@ def postgres_url():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run_cli(*args, results, timeout):
+@pytest.fixture
+def studies(run_process):
     """`python -m studies ...` with a time limit; on expiry its whole process group (the CLI
     and the workers it started) is killed, so a hang fails the test instead of blocking it."""
-    process = studies_cli(*args, results=results, wait=False, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"`studies {' '.join(args)}` still running after {timeout} s\n{stdout}\n{stderr}")
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return lambda *args, results, timeout: run_process("studies", *args, results=results, timeout=timeout,
+                                                       stdin=subprocess.DEVNULL)
 
 
-def test_unreachable_postgres_fails_in_one_line(tmp_path):
+def test_unreachable_postgres_fails_in_one_line(tmp_path, studies, tiny_spec):
     port = free_port()  # nothing listens there once the probe socket is closed
     url = f"postgresql://postgres@127.0.0.1:{port}/capsbench"
     started = time.monotonic()
-    done = run_cli("run", "--study", str(write_spec(tmp_path)), "--profile", "smoke", "--storage", url,
-                   "--no-progress", results=tmp_path / "results", timeout=60)
+    spec = tiny_spec(tmp_path, dataset="mnist", seeds=(0, 1))
+    done = studies("run", "--study", spec, "--profile", "smoke", "--storage", url, "--no-progress",
+                   results=tmp_path / "results", timeout=60)
     elapsed = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
@@ -167,25 +160,11 @@ def test_unreachable_postgres_fails_in_one_line(tmp_path):
     assert elapsed < 30
 
 
-POINTS_SPEC = """
-name = "{name}"
-[[arms]]
-model = "cnn_pool"
-[arms.scientific]
-augmentation = ["none", "shift2"]
-[profiles.smoke]
-seeds = [0, 1, 2, 3]
-train_size = {train_size}
-test_size = 50
-epochs = 1
-batch_size = 16
-"""
-
-
-def points_spec(tmp_path, name, train_size):
-    path = tmp_path / f"{name}.toml"
-    path.write_text(POINTS_SPEC.format(name=name, train_size=train_size))
-    return path
+@pytest.fixture
+def points_spec(tiny_spec):
+    """<name>.toml: cnn_pool x augmentation {none, shift2} x seeds 0-3, 8 points."""
+    return lambda directory, name, train_size: tiny_spec(directory, name=name, seeds=range(4), train_size=train_size,
+                                                         test_size=50)
 
 
 def exactly_once(trials):
@@ -193,10 +172,11 @@ def exactly_once(trials):
     assert len(completed) == 8 and set(completed.values()) == {1}, completed
 
 
-def test_workers_share_one_postgres_study_and_train_every_point_exactly_once(postgres_url, tmp_path):
+def test_workers_share_one_postgres_study_and_train_every_point_exactly_once(postgres_url, tmp_path, studies,
+                                                                             points_spec):
     spec = points_spec(tmp_path, "quad", 32)  # cnn_pool x augmentation {none, shift2} x seeds 0-3: 8 points
     results = tmp_path / "results"
-    done = run_cli("run", "--study", str(spec), "--profile", "smoke", "--workers", "3", "--storage", postgres_url,
+    done = studies("run", "--study", spec, "--profile", "smoke", "--workers", "3", "--storage", postgres_url,
                    "--no-progress", results=results, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "3 workers, storage: postgresql://" in done.stdout
@@ -215,7 +195,7 @@ KILLS = 3
 
 
 @pytest.mark.slow
-def test_chaos_killed_workers_lose_no_result(postgres_url, tmp_path):
+def test_chaos_killed_workers_lose_no_result(postgres_url, tmp_path, studies, points_spec, run_process):
     """Three workers; a killer sends SIGKILL to a random one every few seconds (three times, then
     stops) and starts a new one in its place. In the end every point has exactly one completed
     trial, every result seen completed is still there, and the report builds."""
@@ -226,12 +206,10 @@ def test_chaos_killed_workers_lose_no_result(postgres_url, tmp_path):
     args = ["run", "--study", str(spec), "--profile", "smoke", "--storage", postgres_url, "--heartbeat", "1",
             "--grace", "3", "--no-progress", "--no-report"]
 
-    # one thread each: three workers share the machine's cores instead of oversubscribing them
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(results), CAPSBENCH_THREADS="1")
-
-    def start():
-        return subprocess.Popen([sys.executable, "-m", "studies", *args], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+    def start():  # one thread each: three workers share the machine's cores instead of oversubscribing them
+        return run_process("studies", *args, results=results, env={"CAPSBENCH_THREADS": 1}, wait=False,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
 
     storage = open_storage(postgres_url)
     rng = random.Random(0)
@@ -264,14 +242,14 @@ def test_chaos_killed_workers_lose_no_result(postgres_url, tmp_path):
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait()
     assert kills == KILLS
-    final = run_cli(*args, results=results, timeout=120)  # one more worker finishes what is left
+    final = studies(*args, results=results, timeout=120)  # one more worker finishes what is left
     assert final.returncode == 0, final.stderr
     trials = optuna.load_study(study_name="chaos.mnist.smoke", storage=storage).get_trials()
     exactly_once(trials)
     by_number = {t.number: t for t in trials}
     for number, (point, value) in seen.items():
         assert by_number[number].state == TrialState.COMPLETE and by_number[number].value == value, number
-    report = run_cli("report", "--study", str(spec), "--profile", "smoke", "--storage", postgres_url,
+    report = studies("report", "--study", spec, "--profile", "smoke", "--storage", postgres_url,
                      results=results, timeout=120)
     assert report.returncode == 0, report.stderr
     assert (results / "smoke" / "REPORT.md").stat().st_size > 0

@@ -5,7 +5,7 @@ import models
 
 
 def test_registry_lists_models():
-    assert models.names() == ["capsnet", "capsnet_multi", "cnn_multi", "cnn_paper", "cnn_pool"]
+    assert models.names() == ["capsnet", "capsnet_multi", "cnn_multi", "cnn_paper", "cnn_pool", "efficient_capsnet"]
 
 
 def test_unknown_model_lists_valid_names():

@@ -1,10 +1,6 @@
 """Failures stay visible and harmless: divergence, bad input, checkpoints, determinism."""
 import hashlib
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import optuna
 import pandas as pd
@@ -15,34 +11,19 @@ from studies.data.datasets import prepare
 from studies.training.config import TrainConfig
 from studies.training.train import train
 
-pytestmark = pytest.mark.data
+# Each test trains: a study in a new process (the `stored` study, which the bad inputs must leave
+# alone, included) or a model in this one.
+pytestmark = [pytest.mark.data, pytest.mark.e2e]
 
-SPEC = """
-name = "tiny"
-[[arms]]
-model = "cnn_pool"
-[arms.scientific]
-{scientific}
-[profiles.smoke]
-seeds = [0]
-train_size = 64
-test_size = 100
-epochs = 1
-batch_size = 16
-"""
+@pytest.fixture(scope="session")
+def run(run_process):
+    """`python -m studies run ... --profile smoke` in a new process."""
 
+    def run_there(*args, results, data_root=None):
+        extra = ["--data-root", data_root] if data_root else []
+        return run_process("studies", "run", *args, "--profile", "smoke", "--no-progress", *extra, results=results)
 
-def write_spec(tmp_path, scientific='augmentation = ["none", "shift2"]', name="tiny.toml"):
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(SPEC.format(scientific=scientific)))
-    return path
-
-
-def run(*args, results, data_root=None):
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(results))
-    extra = ["--data-root", str(data_root)] if data_root else []
-    return subprocess.run([sys.executable, "-m", "studies", "run", *args, "--profile", "smoke", "--no-progress", *extra],
-                          env=env, capture_output=True, text=True)
+    return run_there
 
 
 @pytest.fixture
@@ -67,8 +48,8 @@ def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
-    spec = write_spec(tmp_path, scientific="lr = [0.001, 1000000.0]")
+def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, run, tiny_spec):
+    spec = tiny_spec(tmp_path, scientific={"lr": [0.001, 1000000.0]})
     results = tmp_path / "results"
     done = run("--study", str(spec), results=results)
     assert done.returncode == 0, done.stderr
@@ -85,24 +66,24 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory):
-    """A results directory holding one finished study, to check that bad input leaves it alone."""
+def stored(tmp_path_factory, run, tiny_spec):
+    """A results directory holding one finished study (tiny.toml), to check that bad input leaves it alone."""
     tmp_path = tmp_path_factory.mktemp("stored")
     results = tmp_path / "results"
-    done = run("--study", str(write_spec(tmp_path)), results=results)
+    done = run("--study", tiny_spec(tmp_path), results=results)
     assert done.returncode == 0, done.stderr
     return tmp_path, results, results / "smoke" / "studies.db"
 
 
-def test_spec_with_unknown_key_is_rejected_before_anything_is_stored(stored, tmp_path, rejected):
+def test_spec_with_unknown_key_is_rejected_before_anything_is_stored(stored, tmp_path, rejected, tiny_spec):
     _, results, database = stored
     before = digest(database)
     bad = tmp_path / "bad.toml"
-    bad.write_text(write_spec(tmp_path).read_text() + "\nbogus = 1\n")
+    bad.write_text(tiny_spec(tmp_path).read_text() + "\nbogus = 1\n")
     one_line_error(rejected("--study", str(bad), results=results), "unknown key 'bogus'")
-    wrong_type = write_spec(tmp_path, scientific='epochs = ["two"]', name="type.toml")
+    wrong_type = tiny_spec(tmp_path, "type.toml", scientific={"epochs": ["two"]})
     one_line_error(rejected("--study", str(wrong_type), results=results), "epochs: input should be a valid integer, got 'two'")
-    impossible = write_spec(tmp_path, scientific="batch_size = [0]", name="range.toml")
+    impossible = tiny_spec(tmp_path, "range.toml", scientific={"batch_size": [0]})
     one_line_error(rejected("--study", str(impossible), results=results), "batch_size: input should be greater than or equal to 1, got 0")
     assert digest(database) == before
 
@@ -184,7 +165,7 @@ def test_resuming_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
 
 
-def test_the_same_spec_and_seed_give_identical_metrics(stored, tmp_path):
+def test_the_same_spec_and_seed_give_identical_metrics(stored, tmp_path, run):
     spec_dir, results, _ = stored
     again = tmp_path / "again"
     done = run("--study", str(spec_dir / "tiny.toml"), results=again)

@@ -1,9 +1,6 @@
 """affNIST and rotation studies end to end (smoke profile) and their test-set choice."""
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,15 +19,15 @@ pytestmark = pytest.mark.data
 
 
 @pytest.fixture(scope="module")
-def robustness(tmp_path_factory):
+def robustness(tmp_path_factory, run_process):
     results = tmp_path_factory.mktemp("results")
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(results))
-    done = subprocess.run([sys.executable, "-m", "studies", "run", "--study", "affnist", "--study", "rotation",
-                           "--profile", "smoke", "--no-progress"], env=env, capture_output=True, text=True)
+    done = run_process("studies", "run", "--study", "affnist", "--study", "rotation", "--profile", "smoke",
+                       "--no-progress", results=results)
     assert done.returncode == 0, done.stderr
     return results / "smoke"
 
 
+@pytest.mark.e2e
 def test_affnist_study_writes_curves_levels_and_the_generated_sets_name(robustness):
     frame = pd.read_csv(robustness / "affnist-trials.csv")
     assert set(frame["model"]) == {"capsnet", "cnn_pool"}
@@ -63,6 +60,7 @@ def test_affnist_study_writes_curves_levels_and_the_generated_sets_name(robustne
             in findings
 
 
+@pytest.mark.e2e
 def test_rotation_study_writes_curves_and_long_form_sweeps(robustness):
     curves = pd.read_csv(robustness / "rotation-curves.csv")
     for column in ["seed", "model", "augmentation", "step", "val_accuracy", "test_accuracy", "rotation_auc",
@@ -164,6 +162,7 @@ def test_the_robustness_sets_identity_is_its_recipe_not_its_pixels(monkeypatch):
     assert "output_sha256" not in json.dumps(here.identity) and "source_sha256" in here.identity
 
 
+@pytest.mark.e2e  # a whole affNIST trial, trained in this process
 def test_checkpoint_choices_in_an_affnist_trial_see_validation_readings_only(monkeypatch):
     """A spy through a real affNIST trial: every evaluation of a split other than validation is
     shifted by 10 (an accuracy no validation reading can have); the schedule and the bracketing

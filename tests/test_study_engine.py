@@ -1,9 +1,6 @@
 """The study engine end to end on real MNIST: smoke profile, resume, crash recovery."""
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections import Counter
 
@@ -12,17 +9,10 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from studies.training.devices import cpu_model
 from tests.storage_polling import wait_for_trials
 
 pytestmark = pytest.mark.data
-
-
-def studies_cli(*args, results, wait=True, **popen):
-    env = dict(os.environ, CAPSBENCH_RESULTS=str(results))
-    command = [sys.executable, "-m", "studies", *args]
-    if not wait:
-        return subprocess.Popen(command, env=env, text=True, **popen)
-    return subprocess.run(command, env=env, capture_output=True, text=True)
 
 
 def completed_per_point(storage_url, name):
@@ -31,9 +21,9 @@ def completed_per_point(storage_url, name):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, run_process):
     results = tmp_path_factory.mktemp("results")
-    done = studies_cli("run", "--study", "ablation", "--profile", "smoke", "--no-progress", results=results)
+    done = run_process("studies", "run", "--study", "ablation", "--profile", "smoke", "--no-progress", results=results)
     assert done.returncode == 0, done.stderr
     return results, done
 
@@ -44,6 +34,7 @@ def test_make_study_runs_the_engine_with_profile_and_study():
     assert "-m studies run --profile smoke --study ablation --dataset fashion_mnist" in dry.stdout
 
 
+@pytest.mark.e2e
 def test_smoke_study_writes_every_report_file(smoke):
     results, _ = smoke
     out = results / "smoke"
@@ -97,47 +88,48 @@ def test_smoke_study_writes_every_report_file(smoke):
     assert "`cnn_paper`: standard and paper profiles only" in report
 
 
-def test_running_again_trains_nothing(smoke):
+@pytest.mark.e2e
+def test_running_again_trains_nothing(smoke, run_process):
     results, _ = smoke
     url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
     before, study = completed_per_point(url, "ablation.mnist.smoke")
     trials_before = len(study.get_trials())
     started = time.time()
-    again = studies_cli("run", "--study", "ablation", "--profile", "smoke", "--no-progress", results=results)
+    again = run_process("studies", "run", "--study", "ablation", "--profile", "smoke", "--no-progress",
+                        results=results)
     assert again.returncode == 0, again.stderr
     assert "done " not in again.stderr  # no trial finished, i.e. none trained
     after, study = completed_per_point(url, "ablation.mnist.smoke")
     assert after == before and len(study.get_trials()) == trials_before
     assert time.time() - started < 60
+    # The CPU speed paths: chosen once per shape on this machine, stored with the study, recorded on
+    # every CapsNet trial with their factors; the CNN has none to choose.
+    plans = study.user_attrs["speed_plans"]
+    assert plans and all(key.startswith(cpu_model()) for key in plans)
+    for trial in study.get_trials(states=(TrialState.COMPLETE,)):
+        if trial.user_attrs["values"]["model"] == "capsnet":
+            recorded = trial.user_attrs["speed_plan"]
+            assert recorded["key"] in plans and recorded["plan"] == plans[recorded["key"]]["plan"]
+            assert "against the plain twin" in recorded["why"]
+            assert trial.user_attrs["metrics"]["speed_plan"].startswith("routing ")
+        else:
+            assert "speed_plan" not in trial.user_attrs
+            assert trial.user_attrs["metrics"]["speed_plan"] == "each path's own rule"
 
 
-TINY_SPEC = """
-name = "tiny"
-dataset = "{dataset}"
-[[arms]]
-model = "cnn_pool"
-[arms.scientific]
-augmentation = ["none", "shift2"]
-[profiles.smoke]
-seeds = [0, 1]
-train_size = {train_size}
-test_size = 100
-epochs = {epochs}
-batch_size = 16
-"""
+@pytest.fixture
+def write_spec(tiny_spec):
+    """tiny.toml: cnn_pool, augmentation none and shift2, seeds 0 and 1 on MNIST."""
+    return lambda directory, **sizes: tiny_spec(directory, dataset="mnist", seeds=(0, 1), **sizes)
 
 
-def write_spec(tmp_path, dataset="mnist", train_size=64, epochs=1):
-    path = tmp_path / "tiny.toml"
-    path.write_text(textwrap.dedent(TINY_SPEC.format(dataset=dataset, train_size=train_size, epochs=epochs)))
-    return path
-
-
-def test_killed_worker_is_detected_and_its_point_retrained(tmp_path):
+@pytest.mark.e2e
+def test_killed_worker_is_detected_and_its_point_retrained(tmp_path, run_process, write_spec):
     spec = write_spec(tmp_path, train_size=128, epochs=2)
     results = tmp_path / "results"
     args = ["run", "--study", str(spec), "--profile", "smoke", "--no-report", "--heartbeat", "0.5", "--grace", "3"]
-    worker = studies_cli(*args, results=results, wait=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    worker = run_process("studies", *args, results=results, wait=False, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     url = f"sqlite:///{results / 'smoke' / 'studies.db'}"
 
     def one_done_one_running(trials):  # the moment to kill the worker
@@ -150,7 +142,7 @@ def test_killed_worker_is_detected_and_its_point_retrained(tmp_path):
     trials = optuna.load_study(study_name="tiny.mnist.smoke", storage=url).get_trials()
     killed = [t for t in trials if t.state == TrialState.RUNNING]
     assert len(killed) == 1
-    rerun = studies_cli(*args, results=results)
+    rerun = run_process("studies", *args, results=results)
     assert rerun.returncode == 0, rerun.stderr
     counts, study = completed_per_point(url, "tiny.mnist.smoke")
     assert len(counts) == 4 and set(counts.values()) == {1}
@@ -158,19 +150,21 @@ def test_killed_worker_is_detected_and_its_point_retrained(tmp_path):
     assert failed.state == TrialState.FAIL and failed.user_attrs["failure"].startswith("stale")
 
 
-def test_dataset_override_runs_fashion_mnist(tmp_path):
+@pytest.mark.e2e
+def test_dataset_override_runs_fashion_mnist(tmp_path, run_process, write_spec):
     results = tmp_path / "results"
-    done = studies_cli("run", "--study", str(write_spec(tmp_path)), "--profile", "smoke", "--dataset", "fashion_mnist",
-                       "--no-progress", results=results)
+    done = run_process("studies", "run", "--study", write_spec(tmp_path), "--profile", "smoke", "--dataset",
+                       "fashion_mnist", "--no-progress", results=results)
     assert done.returncode == 0, done.stderr
     frame = pd.read_csv(results / "smoke" / "tiny-fashion_mnist-trials.csv")
     assert len(frame) == 4
     assert "fashion_mnist" in (results / "smoke" / "REPORT.md").read_text()
 
 
-def test_running_one_more_study_keeps_the_others_in_the_report(smoke, tmp_path):
+@pytest.mark.e2e
+def test_running_one_more_study_keeps_the_others_in_the_report(smoke, tmp_path, run_process, write_spec):
     results, _ = smoke
-    done = studies_cli("run", "--study", str(write_spec(tmp_path)), "--profile", "smoke", "--no-progress",
+    done = run_process("studies", "run", "--study", write_spec(tmp_path), "--profile", "smoke", "--no-progress",
                        results=results)
     assert done.returncode == 0, done.stderr
     report = (results / "smoke" / "REPORT.md").read_text()

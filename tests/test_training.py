@@ -1,7 +1,5 @@
 """Training on the real MNIST files (prepared by `make test`), with small budgets."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ def small(model: str, **overrides) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["capsnet", "cnn_pool"])
 def test_a_short_training_run_lowers_the_loss(model):
     result = train(small(model))
@@ -28,6 +27,7 @@ def test_a_short_training_run_lowers_the_loss(model):
     assert result.params > 0 and result.train_images_per_s > 0
 
 
+@pytest.mark.e2e
 def test_training_is_deterministic_on_cpu():
     config = small("cnn_pool", epochs=1, train_size=128, val_size=100)
     a, b = train(config), train(config)
@@ -36,6 +36,7 @@ def test_training_is_deterministic_on_cpu():
     assert a.history[0]["val_accuracy"] == b.history[0]["val_accuracy"]
 
 
+@pytest.mark.e2e
 def test_epoch_callback_sees_every_epoch():
     seen = []
     train(small("cnn_pool", train_size=64, epochs=3), on_epoch=lambda record, model: seen.append(record["epoch"]))
@@ -47,12 +48,9 @@ def test_oversized_subsets_are_rejected():
         train(small("cnn_pool", train_size=60000, val_size=10))
 
 
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "studies", *args], capture_output=True, text=True, env=env)
-
-
-def test_cli_trains_and_prints_json():
-    done = run_cli("train", "--model", "capsnet", "--routing-iters", "2", "--recon-weight", "0.0005",
+@pytest.mark.e2e
+def test_cli_trains_and_prints_json(run_process):
+    done = run_process("studies", "train", "--model", "capsnet", "--routing-iters", "2", "--recon-weight", "0.0005",
                    "--aug", "shift2", "--train-size", "64", "--test-size", "100", "--batch-size", "32",
                    "--epochs", "1", "--json", "--no-progress")
     assert done.returncode == 0, done.stderr
@@ -72,6 +70,7 @@ def test_models_are_initialised_from_the_configured_seed():
 
 
 
+@pytest.mark.e2e
 def test_a_signal_whose_exception_was_swallowed_still_stops_training_at_the_next_step():
     """A signal landing in a finalizer has its exception ignored by Python; the request it left
     stops the loop anyway."""

@@ -54,6 +54,7 @@ def _venv_site(python: Path) -> Path:
     return Path(done.stdout.strip())
 
 
+@pytest.mark.e2e
 def test_a_fresh_venv_installs_capsbench_from_the_wheelhouse_without_an_index_keeping_its_torch(tmp_path):
     house = tmp_path / "wheelhouse"
     manifest = wheelhouse.build(house, python=_running_python(), platform=_this_platform(), datasets=())

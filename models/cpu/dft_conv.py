@@ -2,13 +2,11 @@
 as `F.conv2d(h, w, b, stride=2)`, float rounding aside, with a third of the arithmetic.
 
 Why: on the CPU this one convolution is most of a CapsNet training step, and oneDNN's backward
-for it takes about 4x its forward. Forward + backward at batch 64 against F.conv2d, measured by
-`python -m bench.speed_paths --paths dft_conv,dft_conv_bf16` (rounds interleaved in one process)
-on the project's 2-core CPU: float32 1.49x (420 vs 601 ms), under bf16 autocast 2.06x (151 vs
-315 ms); with `--threads 1`, while other work loaded the machine, 1.98x and 2.85x. At batch 16 it
-is slower (the weight transform is a fixed cost per step), and a forward alone gains nothing:
-hence `worthwhile`. The price is memory: the weight spectra (about 109 MB for CapsNet) are kept
-for the backward.
+for it costs several times its forward. Whether it pays depends on the CPU and the batch (the
+weight transform is a fixed cost per step, and a forward alone gains nothing): the speed plan
+chooses it where a measurement on the CPU at hand says so (models/speed_paths.py), and
+bench/README.md keeps what `python -m bench.speed_paths` measured where it was written. The price
+is memory: the weight spectra (about 109 MB for CapsNet) are kept for the backward.
 
 The maths. A stride-2 correlation splits into its four polyphase parts: with the phase images
 h_pq[m, n] = h[2m + p, 2n + q] (N x N, N = side / 2) and the phase kernels
@@ -23,9 +21,8 @@ straight into the layout of one batched real matmul per pass:
     [Re H; Im H] (2B x K) @ [Re W; Im W]^T (K x 2O)
 whose four blocks give Re Y = Hr Wr' + Hi Wi' and Im Y = Hi Wr' - Hr Wi'. The backward is the
 exact adjoint, written out (two more batched matmuls and the transposed transforms). The
-polyphase split and merge are PyTorch pads and permutes: a C++ version gained 1.10x (2 threads)
-and 1.14x (1 thread) on this convolution's forward + backward, less than the 1.3x a speed path
-must gain, and was removed.
+polyphase split and merge are PyTorch pads and permutes (a C++ version never gained the 1.3x a
+speed path must gain, and was removed).
 """
 from __future__ import annotations
 
@@ -39,9 +36,8 @@ from models.compile_barrier import eager_under_compile
 
 KERNEL = 9  # with stride 2
 PHASE_KERNEL = (KERNEL + 1) // 2  # 5: the 9x9 kernel padded to 10x10, split in 4 phases
-# Below this batch the fixed cost of transforming the weights leaves less than the 1.3x a speed path
-# must gain (`python -m bench.speed_paths --paths dft_conv --batch B --threads T`, float32: batch 16
-# 0.68x, 32 1.25x at 1 thread and 1.10x at 2, 48 1.36x and 1.34x, 64 as above).
+# Without a speed plan: below this batch the fixed cost of transforming the weights leaves less than
+# the 1.3x a speed path must gain (bench/README.md has the factors by batch).
 MIN_BATCH = 48
 
 _transforms: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -63,15 +59,16 @@ def direct_only() -> bool:
     return _direct_only
 
 
-def worthwhile(h: torch.Tensor) -> bool:
-    """Where the DFT path beats nn.Conv2d: in training (the gain is all in the backward; a
+def worthwhile(h: torch.Tensor, min_batch: int = MIN_BATCH) -> bool:
+    """Where the DFT path may beat nn.Conv2d: in training (the gain is all in the backward; a
     forward alone runs at the same speed either way), on the CPU, float32 or bf16 (CPU autocast),
-    batch >= MIN_BATCH. On CUDA cuDNN is left to do it."""
+    batch >= min_batch (a speed plan measured on the CPU at hand passes 1). On CUDA cuDNN is left
+    to do it."""
     return (
         torch.is_grad_enabled()
         and h.device.type == "cpu"
         and h.dtype in (torch.float32, torch.bfloat16)
-        and h.shape[0] >= MIN_BATCH
+        and h.shape[0] >= min_batch
     )
 
 

@@ -1,8 +1,8 @@
 """The project's small C++ kernels for the CPU (models/cpu/csrc), built once and loaded on demand.
 
 They are the routing sweeps (`models.routing_sweeps`), whose PyTorch fallback computes the same
-function (tested); a C++ version of the DFT convolution's polyphase layouts gained only 1.10x on
-that convolution and was removed (a speed path has to gain 1.3x). They are built with
+function (tested); whether they run on a CPU is the speed plan's choice (models/speed_paths.py),
+and paths that never paid were removed (bench/README.md). They are built with
 torch.utils.cpp_extension (g++ and ninja, about 40 s; `make setup` does it via
 `python -m models.cpu.build`) into torch's extension cache, under
 a name hashed from the sources, the flags, the torch version and this checkout's path, so an

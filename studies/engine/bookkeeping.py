@@ -24,6 +24,11 @@ IDENTITY_ATTR = "identity"
 FAILURE_ATTR = "failure"
 # A study attribute: point key -> trial number from which failures count again (RETRY_FAILED=1).
 RETRY_ATTR = "retry_from"
+# A study attribute: situation key -> the CPU speed plan chosen for it (studies/training/speed_choice.py),
+# so every worker and every later run of the study trains with the same paths on that machine ...
+SPEED_PLANS_ATTR = "speed_plans"
+# ... and on each trial, the choice it was handed (plan, factors, why).
+SPEED_PLAN_ATTR = "speed_plan"
 # Attempts a point gets when its worker crashes or runs out of memory; a divergence is final.
 MAX_ATTEMPTS = 3
 # Failures that are not the point's fault and use up no attempt.

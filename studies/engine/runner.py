@@ -36,6 +36,8 @@ from studies.engine.bookkeeping import (
     IDENTITY_ATTR,
     POINT_ATTR,
     RETRY_ATTR,
+    SPEED_PLAN_ATTR,
+    SPEED_PLANS_ATTR,
     VALUES_ATTR,
     identity_hash,
     point_states,
@@ -47,10 +49,10 @@ from studies.engine.storage import choose_storage, ensure_writable, exclusive, o
 from studies.engine.tasks import TASKS, TaskOutcome, TrainHooks, preflight
 from studies.spec.schema import PROFILES
 from studies.spec.study import Point, StudySpec
-from studies.training import stop
+from studies.training import speed_choice, stop
 from studies.training.devices import resolve_device
 from studies.training.stop import Interrupted  # noqa: F401  (re-exported: the engine's interrupt)
-from studies.training.train import Diverged, train
+from studies.training.train import Diverged, SpeedSource, train
 from studies.write_faults import WriteFailed, disk_fault, named_write_faults
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,6 +115,7 @@ class StudyRunner:
             self.study = open_study(spec, options, self.storage)
         self.study_id = self.storage.get_study_id_from_name(self.study.study_name)
         self.liveness = Liveness(self.choice, options.heartbeat_s, options.grace_s)
+        self._announced: set[str] = set()  # speed-plan situations this process has named
 
     # --- what is where -------------------------------------------------------------------------
 
@@ -235,7 +238,8 @@ class StudyRunner:
             if checkpoint.exists():
                 tqdm.write(f"resuming {key} from its last checkpoint")
             try:
-                outcome = TASKS[self.spec.kind](self.spec, self.profile, config, TrainHooks(checkpoint=checkpoint))
+                hooks = TrainHooks(checkpoint=checkpoint, speed_plan=self._speed_source(trial_id))
+                outcome = TASKS[self.spec.kind](self.spec, self.profile, config, hooks)
             except Diverged as error:
                 self._fail(trial_id, key, f"diverged: {error}")
                 checkpoint.unlink(missing_ok=True)
@@ -320,6 +324,39 @@ class StudyRunner:
             tqdm.write(f"kept {key}: {summary} (trial {trial.number} was failed by another worker meanwhile; "
                        "its result is stored as a new completed trial)")
 
+    def _speed_source(self, trial_id: int | None) -> SpeedSource:
+        """The CPU speed plan for a run: the one stored with the study for this machine and shape,
+        else chosen now (from this machine's cache, or measured) and stored under the storage lock
+        (where another worker stored one meanwhile, that one); recorded on the trial."""
+
+        def source(model, images, bf16):
+            where = speed_choice.situation(model, images, bf16)
+            if where is None:
+                return None
+            choice = self._stored_speed_choice(where.key)
+            if choice is None:
+                # Under the lock: workers on one machine wait instead of measuring at once (and
+                # disturbing each other's timings); the first one's choice is everyone's.
+                with exclusive(self.choice, self.storage, self.study.study_name):
+                    choice = self._stored_speed_choice(where.key)
+                    if choice is None:
+                        choice = speed_choice.choose(where)
+                        plans = dict(self.storage.get_study_user_attrs(self.study_id).get(SPEED_PLANS_ATTR, {}))
+                        plans[where.key] = choice.to_dict()
+                        self.study.set_user_attr(SPEED_PLANS_ATTR, plans)
+            if where.key not in self._announced:
+                self._announced.add(where.key)
+                tqdm.write(f"speed paths for {where.sites.describe()}: {choice.plan.describe()} ({choice.why})")
+            if trial_id is not None:
+                self.storage.set_trial_user_attr(trial_id, SPEED_PLAN_ATTR, {**choice.to_dict(), "why": choice.why})
+            return choice.plan
+
+        return source
+
+    def _stored_speed_choice(self, key: str) -> speed_choice.Choice | None:
+        stored = self.storage.get_study_user_attrs(self.study_id).get(SPEED_PLANS_ATTR, {}).get(key)
+        return speed_choice.Choice.from_dict(stored) if stored else None
+
     def _checkpoint_path(self, key: str, identity: str):
         digest = hashlib.sha1(f"{key}|{identity}".encode()).hexdigest()[:16]
         return self.options.results / "checkpoints" / self.study.study_name / f"{digest}.pt"
@@ -355,7 +392,8 @@ class StudyRunner:
                     raise optuna.TrialPruned()
 
             try:
-                result = train(self._config(replace(point, seed=profile.seeds[0]), values), on_epoch=report)
+                result = train(self._config(replace(point, seed=profile.seeds[0]), values), on_epoch=report,
+                               speed_plan=self._speed_source(None))
             except optuna.TrialPruned:
                 tuning.tell(trial, state=TrialState.PRUNED)
                 continue

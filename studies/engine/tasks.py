@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 import models
 from models.fields import ConfigError
 from models.multimnist import MULTIMNIST_SIDE, digit_correct, predict_pair
+from models.speed_paths import SpeedPlan
 from studies.data import affnist, affnist_style, augment, multimnist
 from studies.data.datasets import default_data_root
 from studies.data.subsets import stratified_subset
@@ -34,7 +35,7 @@ from studies.spec.study import Profile, StudySpec
 from studies.training.config import TrainConfig
 from studies.training.curves import CurveRecorder, Measure, Schedule
 from studies.training.devices import autocast, resolve_device
-from studies.training.train import Split, TrainResult, build_model, evaluate, load_splits, train
+from studies.training.train import Split, SpeedSource, TrainResult, build_model, evaluate, load_splits, train
 
 
 @dataclass
@@ -49,9 +50,11 @@ class TaskOutcome:
 
 @dataclass(frozen=True)
 class TrainHooks:
-    """What the engine hands to a task's training: the checkpoint path."""
+    """What the engine hands to a task's training: the checkpoint path and where the CPU speed plan
+    comes from (the study's choice for this machine: a `SpeedSource`, asked with the model)."""
 
     checkpoint: Path | None = None
+    speed_plan: SpeedPlan | SpeedSource | None = None
 
 
 Task = Callable[[StudySpec, Profile, TrainConfig, TrainHooks], TaskOutcome]
@@ -84,13 +87,14 @@ def train_metrics(result: TrainResult) -> dict[str, Any]:
         # Reductions split over threads add in another order with another count: stated with the numbers.
         "threads": torch.get_num_threads(),
         "torch_version": result.torch_version,
+        "speed_plan": result.speed_plan,
         "history": result.history,
     }
 
 
 @task("accuracy")
 def accuracy_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
-    return TaskOutcome(metrics=train_metrics(train(config, checkpoint=hooks.checkpoint)))
+    return TaskOutcome(metrics=train_metrics(train(config, checkpoint=hooks.checkpoint, speed_plan=hooks.speed_plan)))
 
 
 # --- robustness along training, compared at equal clean accuracy -----------------------------
@@ -107,7 +111,7 @@ def curve_training(settings: Curves, config: TrainConfig, hooks: TrainHooks, spl
     model = build_model(config).to(resolve_device(config.device))
     # The untrained model, read on validation (no randomness); a resumed run's state replaces it.
     recorder.start(model)
-    result = train(config, None, model, hooks.checkpoint, splits, check=recorder)
+    result = train(config, None, model, hooks.checkpoint, splits, check=recorder, speed_plan=hooks.speed_plan)
     rows = recorder.rows
     if rows[-1]["test_accuracy"] is None:
         rows[-1]["test_accuracy"] = result.test_accuracy
@@ -313,7 +317,8 @@ def multimnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hook
     train_split, test_split, overlap = multimnist_splits(settings, config, device)
     torch.manual_seed(config.seed)
     model = models.create(config.model, in_channels=1, input_size=MULTIMNIST_SIDE, **config.model_options)
-    result = train(config, None, model, hooks.checkpoint, (train_split, None, test_split))
+    result = train(config, None, model, hooks.checkpoint, (train_split, None, test_split),
+                   speed_plan=hooks.speed_plan)
     digits = torch.zeros((), dtype=torch.long, device=device)
     model.eval()
     with torch.inference_mode():

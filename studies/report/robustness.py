@@ -30,6 +30,7 @@ from studies.report.figures import markdown, save_figure, write_formatted, write
 from studies.report.findings import budget_phrase, primary_findings
 from studies.report.paper import AFFNIST_ACCURACY
 from studies.report.section import Section, empty_section, left_out_lines
+from studies.report.speeds import speed_lines
 from studies.report.trials import StudyTrials, budget_lines, failure_lines, file_stem, files_line
 from studies.training.curves import first_crossing, interpolate
 
@@ -131,12 +132,15 @@ def level_frame(trials: StudyTrials, curves: pd.DataFrame, metrics: list[str]) -
 
 
 def level_effects(trials: StudyTrials, levels: pd.DataFrame, metrics: list[fx.Metric]) -> tuple[pd.DataFrame, list]:
-    """CapsNet minus every CNN at each level, on every robustness metric and the clean test accuracy."""
+    """At each level, on every robustness metric and the clean test accuracy: CapsNet minus every
+    other model, and within each model each varied scientific parameter against its first value
+    (e.g. a routing procedure against dynamic routing)."""
     rows = []
     for level, at in levels.groupby("level", sort=True):
         reached = at[at["reached"]]
         for metric in [*metrics, CLEAN]:
-            for row in fx.model_effects(reached, trials.scientific, metric):
+            for row in [*fx.model_effects(reached, trials.scientific, metric),
+                        *fx.factor_effects(reached, trials.spec, trials.scientific, metric)]:
                 rows.append({**row, "at_level": level})
     return fx.mark_primary(rows, trials.spec, trials.profile.settings.levels)
 
@@ -270,7 +274,7 @@ def _compared_along_curves(trials: StudyTrials, out: Path, stem: str, curves: pd
 
 
 def _comparison_lines(trials: StudyTrials, effects: pd.DataFrame, stem: str) -> list[str]:
-    lines = ["### CapsNet minus CNN at equal clean accuracy", "", markdown(fx.display_table(effects)), "",
+    lines = ["### Paired differences at equal clean accuracy", "", markdown(fx.display_table(effects)), "",
              fx.EXPLANATION, ""]
     unresolved = fx.unresolved_sentences(effects, standard_hint(trials))
     if unresolved:
@@ -291,7 +295,7 @@ def affnist_section(trials: StudyTrials, out: Path) -> Section:
     curves, _ = curve_frames(trials)
     levels, effects, missing, table, end, files = _compared_along_curves(trials, out, stem, curves, metrics,
                                                                          paper=True)
-    files += fx.write_effects(effects, out, stem, f"{spec.title}: CapsNet minus CNN at equal clean accuracy "
+    files += fx.write_effects(effects, out, stem, f"{spec.title}: paired differences at equal clean accuracy "
                                                   f"({options.profile} profile)")
     first = next(t for t in trials.study.get_trials(deepcopy=False) if t.number == int(frame["trial"].iloc[0]))
     details = json.dumps(first.user_attrs["metrics"]["robustness_details"])
@@ -379,6 +383,7 @@ def rotation_section(trials: StudyTrials, out: Path) -> Section:
              "chosen by reading the test set.", "",
              f"![robustness against clean accuracy]({stem}-curves.png)", "",
              "#### At the end of the budget", "", markdown(end), "",
+             *speed_lines(trials),
              "#### Secondary view: the first checkpoint at or above each level", "",
              markdown(secondary_table(trials, levels, metrics)), ""]
     for transform, unit, xlabel in [
@@ -393,7 +398,7 @@ def rotation_section(trials: StudyTrials, out: Path) -> Section:
         files.append(png)
         lines += [f"#### {transform.capitalize()} sweep", "", f"Amounts ({unit}): {amounts}; {where_swept}.", "",
                   f"![{transform} sweep]({png.name})", ""]
-    files += fx.write_effects(effects, out, stem, f"{spec.title}: CapsNet minus CNN at equal clean accuracy "
+    files += fx.write_effects(effects, out, stem, f"{spec.title}: paired differences at equal clean accuracy "
                                                   f"({options.profile} profile)")
     lines += _comparison_lines(trials, effects, stem)
     lines += failure_lines(trials)

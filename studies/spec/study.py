@@ -406,9 +406,6 @@ class _Checker:
             ambiguous = (varied(baseline) & shared) - set(table.within)
             involved = [baseline, level]
         else:
-            if kind in schema.CURVE_KINDS:
-                self.fail(f"{where}.compare", f"a {kind!r} study compares models along their curves: declare "
-                                              "compare = { model = [...] }")
             involved = [table.model]
             if not any(arm.model == table.model for arm in arms):
                 self.fail(f"{where}.model", f"{table.model!r} has no [[arms]] entry")

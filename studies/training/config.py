@@ -70,8 +70,8 @@ class TrainConfig:
     bf16: bool = False
     # torch.compile of the model and loss for the training step (evaluation runs the module as it
     # is): "auto" compiles on CUDA, where a step is short enough for kernel launches to matter
-    # (`make gpu-check` times it), not on the CPU, where it gained about 8% for a CapsNet step
-    # after about 25 s of compiling; "on" and "off" decide it everywhere.
+    # (`make gpu-check` times it), not on the CPU, where the step is long and a compilation's
+    # cost is not repaid by a short run (bench/README.md); "on" and "off" decide it everywhere.
     compile: Literal["auto", "on", "off"] = "auto"
     # Deterministic algorithms: torch.use_deterministic_algorithms and, on CUDA, cuDNN's
     # deterministic kernels instead of the fastest ones it finds by timing (cudnn.benchmark), so

@@ -12,7 +12,7 @@ import torch
 from models.fields import ConfigError
 
 # CPU flags (Linux /proc/cpuinfo names) whose bf16 matrix instructions make CPU autocast pay:
-# AMX tiles first (a bf16 matmul about 6x float32 on this project's machines), then AVX512-BF16.
+# AMX tiles first (several times float32's matmul rate), then AVX512-BF16.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

@@ -1,6 +1,7 @@
 """Train one configuration and return its metrics (the nanoGPT-style training file)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -12,8 +13,10 @@ import torch
 from tqdm.auto import tqdm
 
 import models
+from models import speed_paths
 from models.fields import ConfigError
 from models.multimnist import pair_correct, predict_pair
+from models.speed_paths import SpeedPlan
 from studies.data import datasets
 from studies.data.atomic_save import save_atomically
 from studies.data.augment import parse_augmentation
@@ -54,6 +57,7 @@ class TrainResult:
     test_accuracy: float
     test_error: float
     history: list[dict[str, float]]
+    # Seconds of training steps (the epochs, less the time a StepCheck spent evaluating).
     train_seconds: float
     train_images_per_s: float
     params: int
@@ -65,6 +69,8 @@ class TrainResult:
     val_images: int = 0
     # At the end of the last epoch (None without a validation split, or where a StepCheck read it).
     val_accuracy: float | None = None
+    # The CPU speed paths the run used (models/speed_paths.py), or "each path's own rule".
+    speed_plan: str = "each path's own rule"
     torch_version: str = field(default_factory=lambda: torch.__version__)
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +240,9 @@ def set_rng_states(states: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
+# Asked once per run, before its first step: (model, training batch shape, bf16) -> the plan.
+SpeedSource = Callable[[torch.nn.Module, tuple[int, int, int, int], bool], "SpeedPlan | None"]
+
 StepForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -374,6 +383,7 @@ def train(
     checkpoint: Path | None = None,
     splits: tuple[Split, Split | None, Split] | None = None,
     check: StepCheck | None = None,
+    speed_plan: SpeedPlan | SpeedSource | None = None,
 ) -> TrainResult:
     """Train `config` and test it. `on_epoch(record, model)` runs after every epoch; it may
     raise StopTraining to end early, or anything else to abort (e.g. to prune). `check` runs after
@@ -382,17 +392,34 @@ def train(
     keep a handle on it). With `checkpoint`, the full training state is saved every
     `config.checkpoint_every` epochs,
     and a run of the same configuration resumes from it: the same result as an uninterrupted run.
-    `splits`, as `load_splits` returns them, spares a caller that needs them too a second load."""
+    `splits`, as `load_splits` returns them, spares a caller that needs them too a second load.
+    `speed_plan` chooses the CPU speed paths (models/speed_paths.py): a plan, a `SpeedSource` asked
+    once with the model and the shape of a training batch (the engine's, which measures or reuses
+    the study's choice: studies/training/speed_choice.py), or None (each path's own rule); a resumed
+    run keeps the plan its checkpoint was started with."""
     device = resolve_device(config.device)
     if config.bf16:
         check_bf16(device)
-    with algorithm_settings(device, config.deterministic, tf32=config.bf16):
-        return _train(config, device, on_epoch, model, checkpoint, splits, check)
+    with algorithm_settings(device, config.deterministic, tf32=config.bf16), contextlib.ExitStack() as scope:
+        return _train(config, device, on_epoch, model, checkpoint, splits, check, speed_plan, scope)
+
+
+def _speed_plan(speed_plan: SpeedPlan | SpeedSource | None, resumed: dict | None, model: torch.nn.Module,
+                images: tuple[int, int, int, int], bf16: bool, device: torch.device) -> SpeedPlan | None:
+    """The plan a resumed run started with; else the one given, or the source's for this model;
+    none off the CPU, where no hand-written CPU path runs."""
+    if device.type != "cpu":
+        return None
+    if resumed is not None and "speed_plan" in resumed:
+        return SpeedPlan.from_dict(resumed["speed_plan"]) if resumed["speed_plan"] else None
+    if callable(speed_plan):
+        return speed_plan(model, images, bf16)
+    return speed_plan
 
 
 def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | None, model: torch.nn.Module | None,
-           checkpoint: Path | None, splits: tuple[Split, Split | None, Split] | None,
-           check: StepCheck | None) -> TrainResult:
+           checkpoint: Path | None, splits: tuple[Split, Split | None, Split] | None, check: StepCheck | None,
+           speed_plan: SpeedPlan | SpeedSource | None, scope: contextlib.ExitStack) -> TrainResult:
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     train_split, val_split, test_split = splits or load_splits(config, device)
@@ -414,6 +441,10 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
     train_seconds = 0.0
     first_epoch = 1
     resumed = load_checkpoint(checkpoint, config, device)
+    side = config.canvas or train_split.images.shape[-1]
+    images_shape = (min(config.batch_size, len(train_split)), train_split.images.shape[1], side, side)
+    speed_plan = _speed_plan(speed_plan, resumed, model, images_shape, config.bf16, device)
+    scope.enter_context(speed_paths.using(speed_plan))
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -430,6 +461,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
     for epoch in range(first_epoch, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()
+        checking = 0.0  # seconds in the checks' evaluations: not training time
         order = torch.randperm(len(train_split), generator=generator, device=device)
         counters.reset()
         epoch_seen = 0
@@ -466,14 +498,17 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             if check is not None and (check.due(global_step) or last):
                 counters.raise_if_diverged(epoch)
                 progress = Progress(epoch, global_step, images_seen, model)
+                check_started = time.perf_counter()
                 try:
                     check(progress)
                 except StopTraining:
                     stopped = True
                     break
+                finally:
+                    checking += time.perf_counter() - check_started
         bar.close()
         synchronize(device)
-        train_seconds += time.perf_counter() - started
+        train_seconds += time.perf_counter() - started - checking
         record = {
             "epoch": epoch,
             "train_loss": counters.loss_sum.item() / epoch_seen,
@@ -500,6 +535,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "generator": generator.get_state(), "rng": rng_states(device),
                 "check": check.state_dict() if check is not None else None,
+                "speed_plan": speed_plan.to_dict() if speed_plan is not None else None,
             })
 
     test_accuracy = evaluate(model, test_split, config.eval_batch_size, bf16=config.bf16)
@@ -517,4 +553,5 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
         device=device_name(device),
         val_images=len(val_split) if val_split is not None else 0,
         val_accuracy=history[-1].get("val_accuracy") if history else None,
+        speed_plan=speed_paths.describe(speed_plan),
     )
