@@ -171,18 +171,14 @@ def margin_loss(lengths: torch.Tensor, labels: torch.Tensor, config: CapsNetConf
     return per_class.sum(dim=1)
 
 
-class CapsNet(nn.Module):
-    def __init__(self, config: CapsNetConfig):
-        super().__init__()
-        self.config = config
-        self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=9)
-        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim, config.primary_conv)
-        self.digits = DigitCaps(config)
-        self.decoder = Decoder(config) if config.decoder else None
+class CapsuleClassifier(nn.Module):
+    """What a capsule classifier does with its class capsules (`capsules(images)`): the lengths
+    are the class scores, the decoder (if any) reconstructs the image from the masked capsules, and
+    the loss is the margin loss plus the weighted reconstruction error. Needs `config` (margin
+    constants, recon_weight) and `decoder`."""
 
-    def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None):
-        """Class capsule vectors v_j: (batch, classes, digit_dim)."""
-        return self.digits(self.primary(F.relu(self.conv1(images))), couplings)
+    def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         capsules = self.capsules(images)
@@ -200,6 +196,20 @@ class CapsNet(nn.Module):
     def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
         margin = margin_loss(output.scores, labels, self.config).mean()
         return with_reconstruction(margin, output.reconstruction, images, self.config.recon_weight)
+
+
+class CapsNet(CapsuleClassifier):
+    def __init__(self, config: CapsNetConfig):
+        super().__init__()
+        self.config = config
+        self.conv1 = nn.Conv2d(config.in_channels, config.conv1_channels, kernel_size=9)
+        self.primary = PrimaryCaps(config.conv1_channels, config.primary_types, config.primary_dim, config.primary_conv)
+        self.digits = DigitCaps(config)
+        self.decoder = Decoder(config) if config.decoder else None
+
+    def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None):
+        """Class capsule vectors v_j: (batch, classes, digit_dim)."""
+        return self.digits(self.primary(F.relu(self.conv1(images))), couplings)
 
 
 def with_reconstruction(margin: torch.Tensor, reconstruction: torch.Tensor | None, targets: torch.Tensor,

@@ -30,9 +30,8 @@ import torch
 from annotated_types import Ge, Interval
 from torch import nn
 
-from models.capsnet import Decoder, margin_loss, with_reconstruction
+from models.capsnet import CapsuleClassifier, Decoder
 from models.fields import check_fields
-from models.output import LossTerms, ModelOutput
 from models.registry import register
 from models.routing_procedures import SelfAttentionRouting
 
@@ -130,7 +129,7 @@ class FCCaps(nn.Module):
         return self.routing.forward(u, self.weight, 1, False, couplings)
 
 
-class EfficientCapsNet(nn.Module):
+class EfficientCapsNet(CapsuleClassifier):
     def __init__(self, config: EfficientCapsNetConfig):
         super().__init__()
         self.config = config
@@ -154,21 +153,6 @@ class EfficientCapsNet(nn.Module):
     def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Class capsule vectors v_j: (batch, classes, digit_dim)."""
         return self.digits(self.primary(self.features(images)), couplings)
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        capsules = self.capsules(images)
-        scores = torch.linalg.vector_norm(capsules.float(), dim=-1)  # float32 even under autocast
-        reconstruction = None
-        wanted = not self.training or self.config.recon_weight > 0
-        if self.decoder is not None and wanted:
-            # The true class during training, the predicted one at evaluation, as in CapsNet.
-            chosen = labels if self.training and labels is not None else scores.argmax(dim=1)
-            reconstruction = self.decoder(capsules, chosen)
-        return ModelOutput(scores=scores, reconstruction=reconstruction)
-
-    def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
-        margin = margin_loss(output.scores, labels, self.config).mean()
-        return with_reconstruction(margin, output.reconstruction, images, self.config.recon_weight)
 
 
 @register("efficient_capsnet", EfficientCapsNetConfig)
