@@ -151,7 +151,7 @@ def level_table(trials: StudyTrials, levels: pd.DataFrame, metrics: list[fx.Metr
     for (level, *values), group in levels.groupby(["level", *keys], sort=False, dropna=False):
         reached = group[group["reached"]]
         row = {"Validation acc. (level) %": f"{100 * level:g}", "Model": _model_label(trials, values[0]),
-               **{k: v for k, v in zip(keys[1:], values[1:])},
+               **{k: _shown(v) for k, v in zip(keys[1:], values[1:])},
                "Seeds at the level": f"{len(reached)}/{len(group)}",
                "Images at the level": mean_sd(reached["images_at_level"], 1.0, 0),
                "Clean test acc. % [95% CI]": mean_ci(reached["test_accuracy"])}
@@ -162,6 +162,11 @@ def level_table(trials: StudyTrials, levels: pd.DataFrame, metrics: list[fx.Metr
                                            if level >= PAPER_LEVEL else "-")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _shown(value):
+    """A parameter's value in a table; "-" for a model that does not have the parameter."""
+    return "-" if pd.isna(value) else value
 
 
 def _keys(trials: StudyTrials, frame: pd.DataFrame) -> list[str]:
@@ -175,7 +180,7 @@ def secondary_table(trials: StudyTrials, levels: pd.DataFrame, metrics: list[fx.
     rows = []
     keys = _keys(trials, levels)
     for (level, *values), group in levels.groupby(["level", *keys], sort=False, dropna=False):
-        row = {"Level %": f"{100 * level:g}", **dict(zip(keys, values)),
+        row = {"Level %": f"{100 * level:g}", **{k: _shown(v) for k, v in zip(keys, values)},
                "Validation reading at the first checkpoint at or above %": mean_sd(group["first_at_or_above_val"])}
         for metric in metrics:
             row[f"{metric.label} there"] = mean_sd(group[f"first_at_or_above_{metric.column}"])
@@ -192,7 +197,7 @@ def end_table(trials: StudyTrials, curves: pd.DataFrame, metrics: list[fx.Metric
     for values, group in last.groupby(keys, sort=False, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
         trial_rows = frame.loc[group["trial"]]
-        row = {"Model": _model_label(trials, values[0]), **dict(zip(keys[1:], values[1:])),
+        row = {"Model": _model_label(trials, values[0]), **{k: _shown(v) for k, v in zip(keys[1:], values[1:])},
                "Parameters": f"{int(trial_rows['params'].iloc[0]):,}",
                "Images seen": ", ".join(f"{int(v):,}" for v in sorted(trial_rows["images_seen"].unique())),
                "Validation acc. %": mean_sd(group["val_accuracy"]),
@@ -212,16 +217,20 @@ def curves_figure(curves: pd.DataFrame, metrics: list[fx.Metric], levels: tuple[
     models = list(dict.fromkeys(curves["model"]))
     palette = dict(zip(models, sns.color_palette("deep", len(models))))
     others = [k for k in keys if k != "model" and curves[k].nunique(dropna=False) > 1]
-    configurations = pd.unique(curves[others].astype(str).agg(", ".join, axis=1)) if others else [""]
+
+    def configuration(row) -> str:  # a parameter another model lacks reads "-"
+        return ", ".join("-" if pd.isna(row[k]) else str(row[k]) for k in others)
+
+    configurations = list(dict.fromkeys(configuration(row) for _, row in curves.iterrows()))
     styles = {value: ["-", "--", ":", "-."][i % 4] for i, value in enumerate(configurations)}
     for ax, metric in zip(axes[0], metrics):
         for _, trial in curves.groupby("trial", sort=False):
             trial = trial.sort_values("step")
             first = trial.iloc[0]
-            configuration = ", ".join(str(first[k]) for k in others)
-            label = f"{first['model']}" + (f" ({configuration})" if configuration else "") + f", seed {first['seed']}"
+            described = configuration(first)
+            label = f"{first['model']}" + (f" ({described})" if described else "") + f", seed {first['seed']}"
             ax.plot(100 * trial["val_accuracy"], 100 * trial[metric.column], marker="o", markersize=2.5, linewidth=1,
-                    linestyle=styles[configuration], color=palette[first["model"]], alpha=0.85, label=label)
+                    linestyle=styles[described], color=palette[first["model"]], alpha=0.85, label=label)
         for level in levels:
             ax.axvline(100 * level, color="gray", linestyle=":", linewidth=0.8)
         ax.set_xlabel("validation accuracy % (clean; checkpoints along training)")
@@ -237,9 +246,11 @@ def _curve_lines(trials: StudyTrials) -> list[str]:
     settings = trials.profile.settings
     levels = ", ".join(f"{100 * level:g}%" for level in settings.levels)
     val = trials.frame["val_images"].iloc[0] if "val_images" in trials.frame else "?"
-    return [f"- protocol: every model trains the whole budget; checkpoints every {settings.check_every} steps, every "
-            f"{settings.dense_every} while validation is within {100 * settings.dense_margin:g} points of a level "
-            f"(decided from validation readings only); compared at validation accuracy {levels} "
+    denser = (f", every {settings.dense_every} while validation is within {100 * settings.dense_margin:g} points "
+              "of a level (decided from validation readings only)"
+              if settings.dense_margin > 0 and settings.dense_every < settings.check_every else "")
+    return [f"- protocol: every model trains the whole budget; checkpoints every {settings.check_every} steps{denser}; "
+            f"compared at validation accuracy {levels} "
             f"(validation split: {val} images held out from the training images, class-stratified at random)"]
 
 
