@@ -214,15 +214,16 @@ def curves_figure(curves: pd.DataFrame, metrics: list[fx.Metric], levels: tuple[
     configuration and seed), the levels as dotted lines: where CapsNet's curve runs above the CNN's
     at the same clean accuracy, it is more robust than its clean accuracy predicts."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
-    models = list(dict.fromkeys(curves["model"]))
-    palette = dict(zip(models, sns.color_palette("deep", len(models))))
     others = [k for k in keys if k != "model" and curves[k].nunique(dropna=False) > 1]
 
     def configuration(row) -> str:  # a parameter another model lacks reads "-"
         return ", ".join("-" if pd.isna(row[k]) else str(row[k]) for k in others)
 
-    configurations = list(dict.fromkeys(configuration(row) for _, row in curves.iterrows()))
-    styles = {value: ["-", "--", ":", "-."][i % 4] for i, value in enumerate(configurations)}
+    # A colour per model and configuration (a routing procedure, say), a line style per model.
+    models = list(dict.fromkeys(curves["model"]))
+    styles = {model: ["-", "--", ":", "-."][i % 4] for i, model in enumerate(models)}
+    groups = list(dict.fromkeys((row["model"], configuration(row)) for _, row in curves.iterrows()))
+    palette = dict(zip(groups, sns.color_palette("deep" if len(groups) <= 10 else "husl", len(groups))))
     for ax, metric in zip(axes[0], metrics):
         for _, trial in curves.groupby("trial", sort=False):
             trial = trial.sort_values("step")
@@ -230,7 +231,8 @@ def curves_figure(curves: pd.DataFrame, metrics: list[fx.Metric], levels: tuple[
             described = configuration(first)
             label = f"{first['model']}" + (f" ({described})" if described else "") + f", seed {first['seed']}"
             ax.plot(100 * trial["val_accuracy"], 100 * trial[metric.column], marker="o", markersize=2.5, linewidth=1,
-                    linestyle=styles[described], color=palette[first["model"]], alpha=0.85, label=label)
+                    linestyle=styles[first["model"]], color=palette[(first["model"], described)], alpha=0.85,
+                    label=label)
         for level in levels:
             ax.axvline(100 * level, color="gray", linestyle=":", linewidth=0.8)
         ax.set_xlabel("validation accuracy % (clean; checkpoints along training)")
