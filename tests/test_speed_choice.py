@@ -41,6 +41,17 @@ def test_interleaving_rotates_the_order_and_times_the_second_of_two_calls():
     assert [len(t) for t in times.values()] == [2, 2]
 
 
+def test_the_measurement_stops_early_only_where_every_factor_is_clear_of_the_threshold():
+    settled = speed_choice.clear_of_the_threshold("plain")
+    assert settled({"plain": [3, 3, 3], "fast": [1, 1, 1]})  # 3x
+    assert settled({"plain": [1, 1, 1], "fast": [1, 1, 1]})  # 1x
+    assert not settled({"plain": [1.3, 1.3, 1.3], "fast": [1, 1, 1]})  # at the threshold: all rounds
+    assert not settled({"plain": [3, 3, 3], "fast": [1, 1, 1], "other": [2.4, 2.4, 2.4]})  # 1.25x: near it
+    steps = {"plain": lambda: None, "fast": lambda: None}
+    assert len(speed_choice.interleave(steps, 9, lambda times: True)["plain"]) == 3  # the minimum
+    assert len(speed_choice.interleave(steps, 9, lambda times: False)["plain"]) == 9
+
+
 def test_a_plan_rejects_unknown_paths():
     with pytest.raises(ValueError, match="routing must be one of kernels, sweeps, autograd"):
         SpeedPlan(routing="fast")
@@ -95,8 +106,8 @@ def test_a_choice_is_measured_once_per_site_and_then_reused(tmp_path, monkeypatc
     def fake_measure(kind, site, bf16, rounds=speed_choice.ROUNDS):
         measured.append((kind, tuple(site[1])))
         if kind == "routing":
-            return "kernels", {"routing kernels": 2.0}
-        return "direct", {"PrimaryCaps dft": 1.1}
+            return "kernels", {"routing kernels": 2.0}, 3
+        return "direct", {"PrimaryCaps dft": 1.1}, 5
 
     monkeypatch.setattr(speed_choice, "measure_site", fake_measure)
     model = small_capsnet()

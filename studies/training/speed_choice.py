@@ -45,6 +45,8 @@ from studies.training.devices import autocast, cpu_model
 from studies.write_faults import WriteFailed
 
 ROUNDS = 5
+# A factor this far from MIN_FACTOR (a ratio, either way) after 3 rounds decides without the rest.
+DECISIVE = 1.2
 CACHE_ENV = "CAPSBENCH_CACHE"
 CACHE_FILE = "speed-plans.json"
 PLAIN_ROUTING, PLAIN_CONV = speed_paths.PLAIN["routing"], speed_paths.PLAIN["primary_conv"]
@@ -181,11 +183,16 @@ def _routes_dynamically(layer: DigitCaps) -> bool:
 # --- the paired measurement ------------------------------------------------------------------
 
 
-def interleave(candidates: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per timed call of each candidate; the i-th times of all candidates share a round."""
+def interleave(candidates: dict[str, Callable[[], object]], rounds: int,
+               settled: Callable[[dict[str, list[float]]], bool] | None = None,
+               min_rounds: int = 3) -> dict[str, list[float]]:
+    """Seconds per timed call of each candidate; the i-th times of all candidates share a round.
+    With `settled`, stops after `min_rounds` rounds as soon as it says the times decide."""
     names = list(candidates)
     times: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
+        if settled is not None and index >= min_rounds and settled(times):
+            break
         shift = index % len(names)
         for name in names[shift:] + names[:shift]:
             candidates[name]()
@@ -249,15 +256,27 @@ def routing_steps(layer: DigitCaps, shape: torch.Size,
     return {path: (lambda path=path: run(path)) for path in paths}
 
 
-def measure_site(kind: str, site: tuple, bf16: bool, rounds: int = ROUNDS) -> tuple[str, dict[str, float]]:
-    """The path chosen for one site (`kind` "routing" or "primary_conv") and every candidate's factor
-    over its plain twin, named like "routing kernels"."""
+def clear_of_the_threshold(plain: str) -> Callable[[dict[str, list[float]]], bool]:
+    """Whether every candidate's factor so far is well clear of MIN_FACTOR (by DECISIVE either way),
+    so that more rounds would not change the choice."""
+
+    def settled(times: dict[str, list[float]]) -> bool:
+        factors = paired_factors(times, plain)
+        return all(f >= MIN_FACTOR * DECISIVE or f <= MIN_FACTOR / DECISIVE for f in factors.values())
+
+    return settled
+
+
+def measure_site(kind: str, site: tuple, bf16: bool, rounds: int = ROUNDS) -> tuple[str, dict[str, float], int]:
+    """The path chosen for one site (`kind` "routing" or "primary_conv"), every candidate's factor over
+    its plain twin (named like "routing kernels") and the rounds measured: at least 3, all `rounds`
+    where a factor is near MIN_FACTOR."""
+    plain, label = (PLAIN_ROUTING, "routing") if kind == "routing" else (PLAIN_CONV, "PrimaryCaps")
     with torch.random.fork_rng(devices=[]):
-        if kind == "routing":
-            found = paired_factors(interleave(routing_steps(*site), rounds), PLAIN_ROUTING)
-            return pick(found, PLAIN_ROUTING), {f"routing {name}": factor for name, factor in found.items()}
-        found = paired_factors(interleave(conv_steps(*site, bf16), rounds), PLAIN_CONV)
-        return pick(found, PLAIN_CONV), {f"PrimaryCaps {name}": factor for name, factor in found.items()}
+        steps = routing_steps(*site) if kind == "routing" else conv_steps(*site, bf16)
+        times = interleave(steps, rounds, clear_of_the_threshold(plain))
+    found = paired_factors(times, plain)
+    return pick(found, plain), {f"{label} {name}": factor for name, factor in found.items()}, len(times[plain])
 
 
 # --- the cache -------------------------------------------------------------------------------
@@ -331,8 +350,8 @@ def choose(where: Situation, reuse: bool = True) -> Choice:
         key = f"{where.machine} | {description}"
         entry = cache.get(key)
         if not _valid_entry(entry, kind):
-            path, found = measure_site(kind, site, where.bf16)
-            entry = {"path": path, "factors": found, "rounds": ROUNDS,
+            path, found, measured_rounds = measure_site(kind, site, where.bf16)
+            entry = {"path": path, "factors": found, "rounds": measured_rounds,
                      "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             _write_cache(key, entry)
             reused = False
