@@ -4,7 +4,7 @@ The speed paths (models/speed_paths.py) compute the same functions as their plai
 one is faster depends on the CPU (its vector units, caches, matrix units), the thread count, the
 dtype and the shapes. So, as `cudnn.benchmark` does for convolutions, the choice is made by a
 short paired measurement where the run happens: each candidate and the plain twin are stepped in
-turn on the step they speed up (PrimaryCaps' convolution, forward and backward; DigitCaps'
+turn (3 to 5 rounds) on the step they speed up (PrimaryCaps' convolution, forward and backward; DigitCaps'
 votes and routing, forward and backward), per round one untimed and one timed call of each, in an
 order rotated every round; a candidate's factor is the median over rounds of plain time /
 candidate time, so load from other processes that comes and goes divides out. A candidate runs
