@@ -58,7 +58,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", extra={"action": "store_true"}),
         DATA_ROOT,
         Option("--json", "print the metrics as JSON", extra={"action": "store_true"}),
-        Option("--no-progress", "no progress bars", extra={"action": "store_true"}),
+        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", extra={"action": "store_true"}),
     ),
     "data": (
         Option("--dataset", "dataset(s) to prepare (default: mnist and fashion_mnist)", TrainConfig, "dataset",
@@ -69,7 +69,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
         DATA_ROOT,
         Option("--no-report", "do not rebuild the report afterwards", extra={"action": "store_true"}),
-        Option("--no-progress", "no progress bars", extra={"action": "store_true"}),
+        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", extra={"action": "store_true"}),
         Option("--heartbeat", "seconds between a running trial's heartbeats (server storages)", RunOptions,
                "heartbeat_s", {"default": 10.0}),
         Option("--grace", "seconds without a heartbeat (or a lease) before a trial's worker counts as gone",
@@ -127,7 +127,7 @@ def _run_train(args) -> None:
         epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
         split_seed=args.split_seed,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, bf16=args.bf16,
-        data_root=args.data_root, progress=not args.no_progress,
+        data_root=args.data_root, progress=_progress_bars(args),
     )
     result = train(config, speed_plan=measured_plan)
     if args.json:
@@ -184,11 +184,17 @@ def _selected_specs(args, announce: bool = True):
     return specs
 
 
+def _progress_bars(args) -> bool:
+    """Progress bars on a terminal only: in a log file or CI their redraws would fill it with carriage
+    returns, where the one line per finished trial and per stage says what happened."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def _run_options(args, **changes) -> RunOptions:
     values = dict(
         profile=args.profile, storage=args.storage, results_root=args.results,
         device=getattr(args, "device", "auto"), data_root=getattr(args, "data_root", None),
-        progress=not getattr(args, "no_progress", False),
+        progress=_progress_bars(args),
         heartbeat_s=getattr(args, "heartbeat", 10.0), grace_s=getattr(args, "grace", 60.0),
         workers=getattr(args, "workers", 1), retry_failed=getattr(args, "retry_failed", False),
     )
