@@ -49,6 +49,7 @@ from bench.timing import (
 )
 from models.cpu import kernels as cpu_kernels
 from models import speed_paths
+from studies.data.atomic_save import write_text_atomically
 from studies.data.augment import parse_augmentation
 from studies.training import speed_choice
 from studies.training.devices import algorithm_settings, cpu_bf16_isa, machine_name, resolve_device
@@ -376,16 +377,6 @@ class RowAppender:
             path.unlink(missing_ok=True)
 
 
-def _replace(path: Path, text: str) -> None:
-    """Write `path` whole or not at all: a temporary file beside it, renamed over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _markdown(frame, columns, floatfmt=".4g") -> str:
     present = [c for c in columns if c in frame.columns]
     return frame[present].to_markdown(index=False, floatfmt=floatfmt)
@@ -403,7 +394,7 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike, stem: str | None 
     stem = stem or table_stem(rows)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     csv_path = out / f"{stem}.csv"
-    _replace(csv_path, frame.to_csv(index=False))
+    write_text_atomically(csv_path, frame.to_csv(index=False))
 
     env_columns = ["device", "device_name", "torch", "threads", "compile", "dtype", "cpu_bf16_isa", "channels_last",
                    "cpu_kernels", "peak_gflop_per_s", "peak_copy_gb_per_s", "image_size", "profile"]
@@ -489,5 +480,5 @@ def write_tables(rows: list[dict], out_dir: str | os.PathLike, stem: str | None 
     if summary:
         parts += ["", "## Summary", ""] + summary
     md_path = out / f"{stem}.md"
-    _replace(md_path, "\n".join(parts) + "\n")
+    write_text_atomically(md_path, "\n".join(parts) + "\n")
     return [csv_path, md_path]
