@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # top of its own PyTorch (the venv sees the system's site packages; torch is never replaced).
 WHEELHOUSE ?=
 
-.PHONY: setup data system-packages test test-fast study report bench gpu-check wheelhouse clean-venv
+.PHONY: setup data system-packages test test-fast study report dashboard bench gpu-check wheelhouse clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(if $(WHEELHOUSE),--system-site-packages) $(VENV)
@@ -75,6 +75,13 @@ study: data
 # Tables, figures and REPORT.md from the stored trials, without training.
 report: $(INSTALLED)
 	$(BIN)/python -m studies report $(STUDY_ARGS)
+
+# optuna-dashboard on the profile's storage (STORAGE= another), at http://127.0.0.1:$(DASHBOARD_PORT)/;
+# installed into the venv on first use (it only reads and browses; nothing else needs it).
+DASHBOARD_PORT ?= 8080
+dashboard: $(INSTALLED)
+	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dashboard]'
+	$(BIN)/python -m studies dashboard --profile $(PROFILE) $(if $(STORAGE),--storage $(STORAGE)) --port $(DASHBOARD_PORT)
 
 BENCH_ARGS ?=
 # Throughput tables: results/$(PROFILE)/throughput-<device>-<dtype>[-compiled].{csv,md}

@@ -12,9 +12,9 @@ if __name__ == "__main__":
     guard_start_up()  # before the imports below, which take a second or more
 
 from bench.options import PROFILES, BenchOptions  # noqa: E402
-from bench.run import RowAppender, run_benchmark, summary_lines, write_tables  # noqa: E402
-from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option  # noqa: E402
-from studies.engine.storage import ensure_writable, results_dir  # noqa: E402
+from bench.benchmark import RowAppender, run_benchmark, summary_lines, write_tables  # noqa: E402
+from studies.arguments import EXIT_BAD_INPUT, OneLineParser, Option  # noqa: E402
+from studies.results_location import ensure_writable, results_dir  # noqa: E402
 from studies.errors import USER_ERRORS  # noqa: E402
 from studies.write_faults import WriteFailed, disk_fault  # noqa: E402
 
@@ -25,17 +25,17 @@ OPTIONS = (
            listed=True),
     Option("--batch-sizes", "comma-separated (default: the profile's)", BenchOptions, "batch_sizes", listed=True),
     Option("--device", "auto, cpu, cuda, cuda:1, ...", BenchOptions, "device", {"default": "auto"}),
-    Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", extra={"action": "store_true"}),
-    Option("--channels-last", "channels_last memory format", extra={"action": "store_true"}),
-    Option("--compile", "torch.compile the models", extra={"action": "store_true"}),
+    Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", argparse_kwargs={"action": "store_true"}),
+    Option("--channels-last", "channels_last memory format", argparse_kwargs={"action": "store_true"}),
+    Option("--compile", "torch.compile the models", argparse_kwargs={"action": "store_true"}),
     Option("--routing-iters", "CapsNet routing iterations (default: the paper's 3)", BenchOptions, "routing_iters"),
     Option("--routings", "comma-separated CapsNet routing procedures timed besides the paper's, a row each "
            "(default: every registered one; 'none' for none)", BenchOptions, "routings", listed=True),
     Option("--threads", "intra-op threads (default: the usable cores)", BenchOptions, "threads"),
     Option("--image-size", "input side in pixels", BenchOptions, "image_size", {"default": 28}),
-    Option("--no-references", "skip the routing comparison and data row", extra={"action": "store_true"}),
+    Option("--no-references", "skip the routing comparison and data row", argparse_kwargs={"action": "store_true"}),
     Option("--out", "results directory (default: $CAPSBENCH_RESULTS/<profile> or results/<profile>)"),
-    Option("--json", "print the rows as JSON on stdout", extra={"action": "store_true"}),
+    Option("--json", "print the rows as JSON on stdout", argparse_kwargs={"action": "store_true"}),
 )
 
 

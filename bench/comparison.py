@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bench.references import BroadcastCapsNet, ConvStem, PlainCapsNet
-from bench.runner import Runner, build_model
+from bench.model_steps import ModelSteps, bench_model
 from bench.timing import Timing, set_threads
 from models import speed_paths
 from models.capsnet import CapsNet
@@ -54,7 +54,7 @@ _REPLY_TIMEOUT_S = 900.0
 def build_compared(name: str, options: "BenchOptions") -> torch.nn.Module:
     """One of COMPARED, with weights drawn from the options' seed (the same in every process)."""
     torch.manual_seed(options.seed)
-    ours = build_model(COMPARE_MODEL, options)
+    ours = bench_model(COMPARE_MODEL, options)
     # The same two with nn.Conv2d for PrimaryCaps separate the routing's gain from the DFT's.
     conv2d_config = dataclasses.replace(ours.config, primary_conv="direct")
     if name == COMPARE_MODEL:
@@ -124,7 +124,7 @@ def _answer(connection, name: str, options: "BenchOptions", batch: int, flop_cou
         set_threads(options.threads)
         device = resolve_device(options.device)
         set_algorithms(device, deterministic=False, tf32=options.bf16)  # as training runs; this process ends here
-        runner = Runner(build_compared(name, options), batch, options, device, flop_counts)
+        runner = ModelSteps(build_compared(name, options), batch, options, device, flop_counts)
         connection.send(("ok", None))
     except Exception:
         connection.send(("error", traceback.format_exc(limit=-3)))
@@ -163,7 +163,7 @@ def _answer(connection, name: str, options: "BenchOptions", batch: int, flop_cou
 
 class Lockstep:
     """Worker processes, one per compared model; use as a context manager (it stops them).
-    `flop_counts` (`Runner`'s cache, e.g. from the models section) spares the workers counting
+    `flop_counts` (`ModelSteps`'s cache, e.g. from the models section) spares the workers counting
     again what the caller has counted; `plan`, the CPU speed plan every worker runs under."""
 
     def __init__(self, names: tuple[str, ...], options: "BenchOptions", batch: int, flop_counts: dict | None = None,

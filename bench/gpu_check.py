@@ -4,7 +4,7 @@ limit, with its full output in OUT/logs/<stage>.log and its results written as i
 that fails, hangs or is stopped at its limit costs only itself. In this order:
 
 1. environment: torch, its CUDA build, the driver and GPUs `nvidia-smi` lists, and what torch sees;
-2. training speed, one stage per model (capsnet, cnn_pool, cnn_paper): `studies.training.train.train`
+2. training speed, one stage per model (capsnet, cnn_pool, cnn_paper): `studies.training.loop.train`
    on full MNIST (a random stand-in of the same size where data/MNIST/raw is missing: the speed is
    the same), batch 128, bf16, shift2, compile "auto", two epochs so that the second is timed
    without the compilation; each epoch's record is appended to train-<model>.jsonl as it ends, the
@@ -392,7 +392,7 @@ def _mnist_splits(device):
 
     from studies.data import datasets
     from studies.training.config import TrainConfig
-    from studies.training.train import Split, load_splits
+    from studies.training.loop import Split, load_splits
 
     raw = datasets.default_data_root() / datasets.get_info("mnist").folder / "raw"
     if all((raw / name).exists() for split in ("train", "test") for name in datasets.split_files(split)):
@@ -412,7 +412,7 @@ def train_speed(model: str, out: Path) -> int:
     import torch
 
     from studies.training.config import TrainConfig
-    from studies.training.train import train
+    from studies.training.loop import train
 
     device = torch.device("cuda")
     splits, source = _mnist_splits(device)
@@ -444,7 +444,7 @@ def train_speed(model: str, out: Path) -> int:
 # ---- the command line -----------------------------------------------------------------------------------------------
 
 class _OneLineParser(argparse.ArgumentParser):
-    """Bad input is one line and exit code 2, as in every command line here (studies/cli_options.py
+    """Bad input is one line and exit code 2, as in every command line here (studies/arguments.py
     has the same for the other commands, but imports what this check must run without)."""
 
     def error(self, message: str):

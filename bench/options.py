@@ -15,7 +15,7 @@ from studies.training.devices import check_bf16, resolve_device
 
 
 @dataclass(frozen=True)
-class Profile:
+class BenchProfile:
     batch_sizes: tuple[int, ...]
     warmup: int
     repeats: int
@@ -40,23 +40,23 @@ class Profile:
     peak_copy_mb: int | None = None
 
 
-# quick (batch 64 only, the studies' batch) is the one meant for a 2-core CPU,
-# where cnn_paper trains at only ~15 images/s in float32 and reference (a) at ~40; hence no
-# nn.Conv2d pair in it.
+# quick (batch 64 only, the studies' batch) is the one meant for a 2-core CPU, where the slowest
+# rows (cnn_paper, reference (a); bench/README.md has their speeds) already take most of its time;
+# hence no nn.Conv2d pair in it.
 PROFILES = {
-    "smoke": Profile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
-                     settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5,
-                     peak_runs=1, peak_matmul_side=512, peak_copy_mb=64),
-    "quick": Profile((64,), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5,
-                     stem_rounds=12,
-                     settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
-                     data_repeats=50),
-    "standard": Profile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64,
-                        compare_rounds=10, stem_rounds=20, settle_min_s=30.0, settle_max_s=60.0, settle_steps=400,
-                        conv2d_pair=True, data_repeats=100),
-    "paper": Profile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64,
-                     compare_rounds=20, stem_rounds=30, settle_min_s=45.0, settle_max_s=120.0, settle_steps=400,
-                     conv2d_pair=True, data_repeats=200),
+    "smoke": BenchProfile((2,), warmup=1, repeats=2, row_budget_s=None, compare_batch=2, compare_rounds=2, stem_rounds=1,
+                          settle_min_s=0.0, settle_max_s=5.0, settle_steps=2, conv2d_pair=True, data_repeats=5,
+                          peak_runs=1, peak_matmul_side=512, peak_copy_mb=64),
+    "quick": BenchProfile((64,), warmup=1, repeats=5, row_budget_s=3.0, compare_batch=64, compare_rounds=5,
+                          stem_rounds=12,
+                          settle_min_s=8.0, settle_max_s=16.0, settle_steps=200, conv2d_pair=False,
+                          data_repeats=50),
+    "standard": BenchProfile((32, 64, 128, 256), warmup=2, repeats=10, row_budget_s=8.0, compare_batch=64,
+                             compare_rounds=10, stem_rounds=20, settle_min_s=30.0, settle_max_s=60.0, settle_steps=400,
+                             conv2d_pair=True, data_repeats=100),
+    "paper": BenchProfile((16, 32, 64, 128, 256), warmup=3, repeats=20, row_budget_s=20.0, compare_batch=64,
+                          compare_rounds=20, stem_rounds=30, settle_min_s=45.0, settle_max_s=120.0, settle_steps=400,
+                          conv2d_pair=True, data_repeats=200),
 }
 
 

@@ -349,7 +349,7 @@ def install(wheelhouse: Path, data_root: Path | None = None) -> None:
 # ---- command line ---------------------------------------------------------------------------------------------------
 
 class _OneLineParser(argparse.ArgumentParser):
-    """Bad input is one line and exit code 2 (studies/cli_options.py has the same, but imports
+    """Bad input is one line and exit code 2 (studies/arguments.py has the same, but imports
     packages `install` runs without)."""
 
     def error(self, message: str):

@@ -59,7 +59,8 @@ class CapsNetConfig:
     weight_init_std: Annotated[float, Gt(0)] = 0.01
     # How the PrimaryCaps convolution is computed; not a model choice: all give the same
     # function up to float rounding. "direct": nn.Conv2d (oneDNN, cuDNN). "dft": through a small
-    # DFT (models/cpu/dft_conv.py), whose backward is ~2.4x faster than oneDNN's on the CPU.
+    # DFT (models/cpu/dft_conv.py), which the CPU speed plan chooses where its training step pays
+    # (bench/README.md has the factors).
     # "auto": the DFT where it is faster (training on the CPU, float32 or bf16, batch >= 48),
     # else direct.
     primary_conv: PrimaryConv = "auto"
@@ -160,9 +161,21 @@ class Decoder(nn.Module):
         return self.net(masked).view(-1, *self.image_shape)
 
 
+def class_targets(labels: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """T_k of Sabour et al. 2017, eq. 4: (B,) class indices, or (B, n) for n digits in one image
+    (MultiMNIST, section 6) -> (B, classes), 1 at every class present and 0 elsewhere."""
+    target = torch.zeros(labels.shape[0], classes, dtype=dtype, device=labels.device)
+    return target.scatter_(1, labels.reshape(labels.shape[0], -1), 1.0)
+
+
 def margin_loss(lengths: torch.Tensor, labels: torch.Tensor, config: CapsNetConfig) -> torch.Tensor:
-    """Per-example margin loss, summed over classes ("paper") or halved mean ("official")."""
-    target = F.one_hot(labels, lengths.shape[1]).to(lengths.dtype)
+    """Per-example margin loss (Sabour et al. 2017, eq. 4):
+    sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2, summed over the classes
+    ("paper") or halved mean ("official"). `labels` (B,) or (B, n): every class listed is present
+    (`class_targets`), so one loss serves one digit per image and MultiMNIST's pairs; a class
+    listed twice is present once. Reads only the margin fields of `config` (m_plus, m_minus,
+    margin_lambda, margin_convention), which every capsule classifier's config has."""
+    target = class_targets(labels, lengths.shape[1], lengths.dtype)
     present = target * F.relu(config.m_plus - lengths).pow(2)
     absent = config.margin_lambda * (1 - target) * F.relu(lengths - config.m_minus).pow(2)
     per_class = present + absent
@@ -175,10 +188,23 @@ class CapsuleClassifier(nn.Module):
     """What a capsule classifier does with its class capsules (`capsules(images)`): the lengths
     are the class scores, the decoder (if any) reconstructs the image from the masked capsules, and
     the loss is the margin loss plus the weighted reconstruction error. Needs `config` (margin
-    constants, recon_weight) and `decoder`."""
+    constants, recon_weight) and `decoder`.
+
+    A variant changes only its hooks: `reconstruction_classes` (which capsules the decoder is fed)
+    and `reconstruct` (how their images are laid out), as models/multimnist.py's two-digit CapsNet
+    does; the scores, the margin loss and the reconstruction term stay these."""
 
     def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def reconstruction_classes(self, scores: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The capsule the decoder reconstructs from: the true class during training, the
+        predicted one at evaluation (Sabour et al. 2017, section 4.1)."""
+        return labels if self.training and labels is not None else scores.argmax(dim=1)
+
+    def reconstruct(self, capsules: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S): the image decoded from capsule `chosen` alone, every other one masked."""
+        return self.decoder(capsules, chosen)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         capsules = self.capsules(images)
@@ -188,14 +214,22 @@ class CapsuleClassifier(nn.Module):
         # With recon_weight 0 the decoder is not trained, so training skips its cost.
         wanted = not self.training or self.config.recon_weight > 0
         if self.decoder is not None and wanted:
-            # The true class during training, the predicted one at evaluation (paper, 4.1).
-            chosen = labels if self.training and labels is not None else scores.argmax(dim=1)
-            reconstruction = self.decoder(capsules, chosen)
+            reconstruction = self.reconstruct(capsules, self.reconstruction_classes(scores, labels))
         return ModelOutput(scores=scores, reconstruction=reconstruction)
 
-    def loss(self, output: ModelOutput, images: torch.Tensor, labels: torch.Tensor) -> LossTerms:
+    def loss(self, output: ModelOutput, targets: torch.Tensor, labels: torch.Tensor) -> LossTerms:
+        """The paper's total loss (section 4.1): the batch-mean margin loss plus recon_weight x the
+        squared error of the reconstruction against `targets` (the input images; for MultiMNIST
+        each digit alone), summed over all of an example's pixels (and reconstructed digits) and
+        averaged over the batch."""
         margin = margin_loss(output.scores, labels, self.config).mean()
-        return with_reconstruction(margin, output.reconstruction, images, self.config.recon_weight)
+        parts = {"margin": margin.detach()}
+        total = margin
+        if output.reconstruction is not None and self.config.recon_weight > 0:
+            sse = (output.reconstruction.float() - targets.float()).pow(2).flatten(1).sum(1).mean()
+            parts["reconstruction_sse"] = sse.detach()
+            total = total + self.config.recon_weight * sse
+        return LossTerms(total=total, parts=parts)
 
 
 class CapsNet(CapsuleClassifier):
@@ -210,20 +244,6 @@ class CapsNet(CapsuleClassifier):
     def capsules(self, images: torch.Tensor, couplings: list[torch.Tensor] | None = None):
         """Class capsule vectors v_j: (batch, classes, digit_dim)."""
         return self.digits(self.primary(F.relu(self.conv1(images))), couplings)
-
-
-def with_reconstruction(margin: torch.Tensor, reconstruction: torch.Tensor | None, targets: torch.Tensor,
-                        recon_weight: float) -> LossTerms:
-    """The paper's total loss: the (batch-mean) margin loss plus recon_weight x the squared error of
-    the reconstruction, summed over all of an example's pixels (for MultiMNIST over both digits'
-    images) and averaged over the batch."""
-    parts = {"margin": margin.detach()}
-    total = margin
-    if reconstruction is not None and recon_weight > 0:
-        sse = (reconstruction.float() - targets.float()).pow(2).flatten(1).sum(1).mean()
-        parts["reconstruction_sse"] = sse.detach()
-        total = total + recon_weight * sse
-    return LossTerms(total=total, parts=parts)
 
 
 @register("capsnet", CapsNetConfig)

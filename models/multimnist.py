@@ -12,7 +12,8 @@ class, so a caller can tell from the registry without building one):
 Metrics: `pair_correct` (both digits found, in either order: the paper's MultiMNIST accuracy)
 and `digit_correct` (each true digit found among the two predicted).
 
-`capsnet_multi`: the paper's CapsNet at 36x36 (models/capsnet.py's layers, unchanged), 11,361,808
+`capsnet_multi`: the paper's CapsNet at 36x36 (models/capsnet.py's layers, forward and margin loss,
+unchanged: only which capsules are reconstructed, and how, differ), 11,361,808
 parameters with the decoder (paper: 11.36M). `cnn_multi`: the official code's MultiMNIST
 baseline (research/capsules/models/conv_model.py: conv 512@5x5 SAME + ReLU + 2x2 max pool, conv
 256@5x5 SAME + ReLU + 2x2 max pool, FC 1024 ReLU, 10 outputs), 24,535,306 parameters at 36x36
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Interval, MinLen
 
-from models.capsnet import CapsNet, CapsNetConfig, with_reconstruction
+from models.capsnet import CapsNet, CapsNetConfig, class_targets
 from models.cnn import BaselineCNN, CNNConfig
 from models.output import LossTerms, ModelOutput
 from models.registry import register
@@ -62,8 +63,7 @@ def digit_correct(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def two_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, 2) class indices -> (B, classes) with 1 at both (T_k = 1 for k in the pair)."""
-    target = torch.zeros(labels.shape[0], classes, dtype=dtype, device=labels.device)
-    return target.scatter_(1, labels, 1.0)
+    return class_targets(labels, classes, dtype)
 
 
 def _check_labels(labels: torch.Tensor) -> None:
@@ -85,20 +85,6 @@ class CapsNetMultiConfig(CapsNetConfig):
     # paper does at test time. "true": the labels' (when given), as the official code does in
     # training and evaluation alike; a named deviation for comparing against that code.
     eval_reconstruction: Literal["predicted", "true"] = "predicted"
-
-
-def margin_loss_pair(lengths: torch.Tensor, labels: torch.Tensor, config: CapsNetConfig) -> torch.Tensor:
-    """Per-example margin loss with both classes of the pair positive (T_k = 1 for k in the pair):
-    sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2, summed over the
-    classes ("paper") or halved mean ("official"), as models.capsnet.margin_loss; with one class
-    given twice it equals that function (tested)."""
-    target = two_hot(labels, lengths.shape[1], lengths.dtype)
-    present = target * F.relu(config.m_plus - lengths).pow(2)
-    absent = config.margin_lambda * (1 - target) * F.relu(lengths - config.m_minus).pow(2)
-    per_class = present + absent
-    if config.margin_convention == "official":
-        return 0.5 * per_class.mean(dim=1)
-    return per_class.sum(dim=1)
 
 
 def align_to_labels(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -123,38 +109,33 @@ def reconstruction_classes(
 
 class CapsNetMulti(CapsNet):
     """CapsNet whose two longest digit capsules are the prediction and which reconstructs each
-    digit of the pair from its own capsule (every other capsule masked)."""
+    digit of the pair from its own capsule (every other capsule masked). The forward, the margin
+    loss (models.capsnet.margin_loss with both classes of the pair present, section 6) and the
+    reconstruction term are CapsNet's; this class adds the label checks and the two hooks."""
 
     labels_per_example = LABELS_PER_EXAMPLE
     predict_pair = staticmethod(predict_pair)
+
+    def reconstruction_classes(self, scores: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return reconstruction_classes(scores, labels, self.training, self.config.eval_reconstruction)
 
     def reconstruct(self, capsules: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """capsules (B, classes, dim), chosen (B, 2) -> (B, 2, C, S, S). Both digits go through
         the one decoder as a batch of 2B (the decoder masks all capsules but the chosen one)."""
         batch, classes, dim = capsules.shape
         stacked = capsules.unsqueeze(1).expand(batch, LABELS_PER_EXAMPLE, classes, dim).reshape(-1, classes, dim)
-        images = self.decoder(stacked, chosen.reshape(-1))
+        images = super().reconstruct(stacked, chosen.reshape(-1))
         return images.view(batch, LABELS_PER_EXAMPLE, *images.shape[1:])
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
         if labels is not None:
             _check_labels(labels)
-        capsules = self.capsules(images)
-        # Lengths are the class scores; the norm is taken in float32 even under autocast.
-        scores = torch.linalg.vector_norm(capsules.float(), dim=-1)
-        reconstruction = None
-        # As CapsNet: with recon_weight 0 the decoder is not trained, so training skips it.
-        wanted = not self.training or self.config.recon_weight > 0
-        if self.decoder is not None and wanted:
-            chosen = reconstruction_classes(scores, labels, self.training, self.config.eval_reconstruction)
-            reconstruction = self.reconstruct(capsules, chosen)
-        return ModelOutput(scores=scores, reconstruction=reconstruction)
+        return super().forward(images, labels)
 
     def loss(self, output: ModelOutput, targets: torch.Tensor, labels: torch.Tensor) -> LossTerms:
-        """Two-positive margin loss, plus recon_weight x (SSE of digit 1 + SSE of digit 2), each
-        SSE summed over pixels, the total averaged over the batch (paper: weight 0.0005)."""
+        """CapsNet's loss with both digits of the pair present in the margin loss and the squared
+        errors of both reconstructions summed per example (paper: weight 0.0005)."""
         _check_labels(labels)
-        margin = margin_loss_pair(output.scores, labels, self.config).mean()
         if output.reconstruction is not None and self.config.recon_weight > 0:
             if targets.shape != output.reconstruction.shape:
                 raise ValueError(
@@ -163,8 +144,7 @@ class CapsNetMulti(CapsNet):
                 )
             if not targets.is_floating_point():
                 raise TypeError(f"targets must be float images in [0, 1] like the inputs, got {targets.dtype}")
-        # Reconstructions (B, 2, C, S, S): the squared errors of both digits summed per example.
-        return with_reconstruction(margin, output.reconstruction, targets, self.config.recon_weight)
+        return super().loss(output, targets, labels)
 
 
 @register("capsnet_multi", CapsNetMultiConfig)

@@ -12,9 +12,9 @@ import sys
 import models
 from models.capsnet import CapsNetConfig
 from models.fields import ConfigError
-from studies.cli_options import EXIT_BAD_INPUT, OneLineParser, Option
-from studies.engine.runner import RunOptions
+from studies.arguments import EXIT_BAD_INPUT, OneLineParser, Option, port_number
 from studies.interrupt_line import EXIT_INTERRUPTED, WORKER_ENV, after_command, say
+from studies.run_options import RunOptions
 from studies.spec.schema import PROFILES
 from studies.training import stop
 from studies.training.config import TrainConfig
@@ -23,7 +23,7 @@ from studies.write_faults import WriteFailed, disk_fault
 
 DATA_ROOT = Option("--data-root", "dataset root (default: $CAPSBENCH_DATA or ./data)")
 STUDY_OPTIONS = (
-    Option("--study", "built-in study name or spec file (default: all built-in)", extra={"action": "append"}),
+    Option("--study", "built-in study name or spec file (default: all built-in)", argparse_kwargs={"action": "append"}),
     Option("--profile", f"one of {', '.join(PROFILES)}", RunOptions, "profile", {"default": "quick"}),
     Option("--dataset", "override the spec's dataset (mnist, fashion_mnist)", TrainConfig, "dataset"),
     Option("--storage", "Optuna storage URL or journal:<path> (default: the profile's file under results/)"),
@@ -31,14 +31,14 @@ STUDY_OPTIONS = (
 )
 OPTIONS: dict[str, tuple[Option, ...]] = {
     "train": (
-        Option("--model", "the model to train", extra={"default": "capsnet", "choices": models.names()}),
+        Option("--model", "the model to train", argparse_kwargs={"default": "capsnet", "choices": models.names()}),
         Option("--dataset", "mnist or fashion_mnist", TrainConfig, "dataset", {"default": "mnist"}),
         Option("--routing-iters", "CapsNet routing iterations (paper: 3)", CapsNetConfig, "routing_iters"),
         Option("--recon-weight", "CapsNet reconstruction weight (paper: 0.0005)", CapsNetConfig, "recon_weight"),
-        Option("--detach-inner", "CapsNet: detach u_hat in inner routing iterations", extra={"action": "store_true"}),
-        Option("--no-decoder", "CapsNet without the reconstruction decoder", extra={"action": "store_true"}),
+        Option("--detach-inner", "CapsNet: detach u_hat in inner routing iterations", argparse_kwargs={"action": "store_true"}),
+        Option("--no-decoder", "CapsNet without the reconstruction decoder", argparse_kwargs={"action": "store_true"}),
         Option("--option", "any other model option, value parsed as JSON (e.g. --option margin_convention='\"official\"')",
-               extra={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
+               argparse_kwargs={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
         Option("--aug", "augmentation: none, shift<N>, rotate<D>, affine", TrainConfig, "augmentation",
                {"default": "shift2"}),
         Option("--epochs", "epochs", TrainConfig, "epochs", {"default": 1}),
@@ -55,10 +55,10 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--seed", "seed of the weights, the data order and the augmentation", TrainConfig, "seed",
                {"default": 0}),
         Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
-        Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", extra={"action": "store_true"}),
+        Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", argparse_kwargs={"action": "store_true"}),
         DATA_ROOT,
-        Option("--json", "print the metrics as JSON", extra={"action": "store_true"}),
-        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", extra={"action": "store_true"}),
+        Option("--json", "print the metrics as JSON", argparse_kwargs={"action": "store_true"}),
+        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", argparse_kwargs={"action": "store_true"}),
     ),
     "data": (
         Option("--dataset", "dataset(s) to prepare (default: mnist and fashion_mnist)", TrainConfig, "dataset",
@@ -68,22 +68,28 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     "run": STUDY_OPTIONS + (
         Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
         DATA_ROOT,
-        Option("--no-report", "do not rebuild the report afterwards", extra={"action": "store_true"}),
-        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", extra={"action": "store_true"}),
+        Option("--no-report", "do not rebuild the report afterwards", argparse_kwargs={"action": "store_true"}),
+        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", argparse_kwargs={"action": "store_true"}),
         Option("--heartbeat", "seconds between a running trial's heartbeats (server storages)", RunOptions,
                "heartbeat_s", {"default": 10.0}),
         Option("--grace", "seconds without a heartbeat (or a lease) before a trial's worker counts as gone",
                RunOptions, "grace_s", {"default": 60.0}),
         Option("--workers", "worker processes on this machine sharing the studies (journal storage)", RunOptions,
                "workers", {"default": 1}),
-        Option("--retry-failed", "give points that failed for good another round", extra={"action": "store_true"}),
+        Option("--retry-failed", "give points that failed for good another round", argparse_kwargs={"action": "store_true"}),
     ),
     "report": STUDY_OPTIONS,
+    "dashboard": (
+        Option("--profile", f"one of {', '.join(PROFILES)}", RunOptions, "profile", {"default": "quick"}),
+        Option("--storage", "Optuna storage URL or journal:<path> (default: the profile's file under results/)"),
+        Option("--results", "results root (default: $CAPSBENCH_RESULTS or ./results)"),
+        Option("--port", "the dashboard's port on 127.0.0.1", argparse_kwargs={"type": port_number, "default": 8080}),
+    ),
     "migrate": (
         Option("--profile", f"one of {', '.join(PROFILES)}", RunOptions, "profile", {"default": "quick"}),
         Option("--results", "results root (default: $CAPSBENCH_RESULTS or ./results)"),
-        Option("--from", "source storage (default: the profile's studies.db)", extra={"dest": "source"}),
-        Option("--to", "destination storage (default: the profile's studies.journal)", extra={"dest": "destination"}),
+        Option("--from", "source storage (default: the profile's studies.db)", argparse_kwargs={"dest": "source"}),
+        Option("--to", "destination storage (default: the profile's studies.journal)", argparse_kwargs={"dest": "destination"}),
     ),
 }
 HELP = {
@@ -91,6 +97,7 @@ HELP = {
     "data": "make sure the datasets are present, fetching or converting them",
     "run": "train every missing trial of the studies, then rebuild the report",
     "report": "rebuild tables, figures and REPORT.md from stored trials",
+    "dashboard": "open optuna-dashboard on the profile's stored studies (install: make dashboard)",
     "migrate": "copy a profile's studies from one storage to another (e.g. SQLite to the journal for workers)",
 }
 
@@ -120,7 +127,7 @@ def _model_options(args) -> dict:
 
 def _run_train(args) -> None:
     from studies.training.speed_choice import measured_plan
-    from studies.training.train import train
+    from studies.training.loop import train
 
     config = TrainConfig(
         model=args.model, model_options=_model_options(args), dataset=args.dataset, augmentation=args.aug,
@@ -207,7 +214,8 @@ def _run_workers(args, options: RunOptions) -> RunOptions:
     of the storage they shared."""
     import subprocess
 
-    from studies.engine.storage import choose_storage, ensure_writable, open_storage
+    from studies.results_location import ensure_writable
+    from studies.store.storage import choose_storage, open_storage
 
     choice = choose_storage(options.storage, ensure_writable(options.results), options.workers)
     # Creates the storage's tables once: workers creating them at the same moment collide
@@ -270,8 +278,8 @@ def _with_stored_builtins(specs, args, options):
     REPORT.md still covers them all after a run of one study."""
     import optuna
 
-    from studies.engine.bookkeeping import study_name
-    from studies.engine.storage import choose_storage, open_storage
+    from studies.store.records import study_name
+    from studies.store.storage import choose_storage, open_storage
     from studies.spec.study import builtin_names, load_spec
 
     stored = set(optuna.get_all_study_names(open_storage(choose_storage(options.storage, options.results))))
@@ -289,7 +297,7 @@ def _run_report(args) -> None:
 
 
 def _write_report(specs, options) -> None:
-    from studies.engine.storage import ensure_writable
+    from studies.results_location import ensure_writable
     from studies.report.build import build_report
 
     out = ensure_writable(options.results)
@@ -297,7 +305,8 @@ def _write_report(specs, options) -> None:
 
 
 def _run_migrate(args) -> None:
-    from studies.engine.storage import JOURNAL_NAME, SQLITE_NAME, migrate, parse_url, results_dir
+    from studies.results_location import results_dir
+    from studies.store.storage import JOURNAL_NAME, SQLITE_NAME, migrate, parse_url
 
     directory = results_dir(args.profile, args.results)
     source = parse_url(args.source or f"sqlite:///{directory / SQLITE_NAME}")
@@ -309,8 +318,30 @@ def _run_migrate(args) -> None:
     print(f"copied {len(names)} studies ({', '.join(names)}) to {destination.url}{moved}")
 
 
+def _run_dashboard(args) -> None:
+    """Hands the terminal to optuna-dashboard (read and browse the trials; the engine never needs it)."""
+    import shutil
+    from pathlib import Path
+
+    from studies.results_location import results_dir
+    from studies.store.storage import choose_storage, redact
+
+    choice = choose_storage(args.storage, results_dir(args.profile, args.results))
+    if choice.path is not None and not choice.path.exists():
+        raise ConfigError(f"no stored studies at {choice.path}: run `make study PROFILE={args.profile}` first, or "
+                          "name the storage with STORAGE=")
+    program = shutil.which("optuna-dashboard", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if program is None:
+        raise ConfigError("optuna-dashboard is not installed; `make dashboard` installs it "
+                          "(or: pip install 'optuna-dashboard>=0.17,<1')")
+    # The dashboard reads a journal from its file path, every other storage from its URL.
+    target = str(choice.path) if choice.kind == "journal" else choice.url
+    print(f"optuna-dashboard on {redact(choice.url)}: http://127.0.0.1:{args.port}/ (Ctrl-C stops it)", flush=True)
+    os.execv(program, [program, target, "--host", "127.0.0.1", "--port", str(args.port)])
+
+
 RUNNERS = {"train": _run_train, "data": _run_data, "run": _run_studies, "report": _run_report,
-           "migrate": _run_migrate}
+           "dashboard": _run_dashboard, "migrate": _run_migrate}
 
 
 def build_parser() -> OneLineParser:

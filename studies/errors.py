@@ -4,7 +4,7 @@ from models.fields import ConfigError
 from studies.data.affnist import AffnistError
 from studies.data.datasets import DataInvalid, DataUnavailable
 from studies.data.idx import IdxError
-from studies.engine.storage import StorageError
+from studies.store.storage import StorageError
 from studies.spec.study import SpecError
 from studies.write_faults import WriteFailed
 

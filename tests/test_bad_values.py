@@ -28,12 +28,12 @@ AFFNIST = {
     "name": "a", "kind": "affnist", "arms": [{"model": "capsnet", "fixed": {"input_size": 40}}],
     "fixed": {"canvas": 40},
     "settings": {"ranges": {"rotation_deg": 20.0}, "levels": [0.5, 0.6]},
-    "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "extra": {"affnist_size": 10}}},
+    "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "settings": {"affnist_size": 10}}},
 }
 ROTATION = {
     "name": "r", "kind": "rotation", "arms": [{"model": "cnn_pool"}],
     "settings": {"angles": [0, 90], "levels": [0.5]},
-    "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "extra": {"shifts": [0, 2]}}},
+    "profiles": {"smoke": {"seeds": [0], "train_size": 8, "val_size": 8, "settings": {"shifts": [0, 2]}}},
 }
 
 
@@ -67,7 +67,7 @@ def cases():
         for name in settings.model_fields:
             for value in bad_values(field_annotation(settings, name)):
                 yield placed(base, ["settings", name], value), name
-                yield placed(base, ["profiles", "smoke", "extra", name], value), name
+                yield placed(base, ["profiles", "smoke", "settings", name], value), name
     for name in schema.AffineRangesTable.model_fields:
         for value in bad_values(field_annotation(schema.AffineRangesTable, name)):
             yield placed(AFFNIST, ["settings", "ranges", name], value), name
@@ -161,9 +161,9 @@ def option_cases():
                             continue
                         value = ",".join(map(str, value))
                     yield program, command, option.flag, str(value)
-            elif option.extra.get("action") in ("store_true",):
+            elif option.argparse_kwargs.get("action") in ("store_true",):
                 yield program, command, option.flag + "=yes", None
-            elif "choices" in option.extra:
+            elif "choices" in option.argparse_kwargs:
                 yield program, command, option.flag, "no-such-choice"
             else:
                 yield program, command, option.flag, FREE_TEXT_CASES[(program, option.flag)]
@@ -178,6 +178,7 @@ FREE_TEXT_CASES = {
     ("studies", "--results"): "/proc/no-such-results",
     ("studies", "--from"): "sqlite:////nonexistent/x.db",
     ("studies", "--to"): "not-a-storage",
+    ("studies", "--port"): "70000",
     ("bench", "--out"): "/proc/no-such-results",
 }
 OPTION_CASES = list(option_cases())

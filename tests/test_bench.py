@@ -7,7 +7,7 @@ import torch
 
 import models
 from bench.options import BenchOptions
-from bench.run import COLUMNS, run_benchmark, table_stem, write_tables
+from bench.benchmark import COLUMNS, run_benchmark, table_stem, write_tables
 from studies.engine.throughput import machine_slug
 from studies.training.devices import cpu_bf16_isa, cpu_model
 

@@ -19,7 +19,7 @@ import torch
 
 from studies.training.config import TrainConfig
 from studies.training.devices import autocast, cpu_bf16_isa
-from studies.training.train import _scores_and_loss, build_model, load_splits, to_float, train
+from studies.training.loop import _scores_and_loss, build_model, load_splits, to_float, train
 
 pytestmark = [
     pytest.mark.data,

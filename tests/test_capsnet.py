@@ -99,6 +99,8 @@ def test_margin_loss_against_hand_computed_values():
     assert torch.allclose(margin_loss(lengths, labels, config), expected)
     official = CapsNetConfig(margin_convention="official")
     assert torch.allclose(margin_loss(lengths, labels, official), expected / 3 * 0.5)
+    # Labels as a column (one digit per image in the (B, n) form MultiMNIST's pairs use): the same.
+    assert torch.equal(margin_loss(lengths, labels.unsqueeze(1), config), margin_loss(lengths, labels, config))
 
 
 def test_total_loss_adds_weighted_sum_of_squared_errors():

@@ -104,3 +104,9 @@ def test_a_command_that_ended_leaves_a_late_ctrl_c_nothing_to_say():
     # The start-up guard put back after the command would claim "interrupted before anything started".
     assert interrupt_line.after_command(interrupt_line._leave_at_start_up) is signal.SIG_IGN
     assert interrupt_line.after_command(signal.default_int_handler) is signal.default_int_handler
+
+
+def test_make_dashboard_opens_the_profiles_storage():
+    dry = subprocess.run(["make", "-n", "dashboard", "PROFILE=smoke", "STORAGE=journal:/tmp/x.journal"],
+                         capture_output=True, text=True)
+    assert "-m studies dashboard --profile smoke --storage journal:/tmp/x.journal --port 8080" in dry.stdout

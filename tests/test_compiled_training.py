@@ -9,7 +9,7 @@ import torch
 
 from studies.training.config import TrainConfig
 from studies.training.devices import algorithm_settings, compiles
-from studies.training.train import Split, train
+from studies.training.loop import Split, train
 
 TINY_CNN = {"conv_channels": (4, 4, 4), "fc_features": (8,)}
 

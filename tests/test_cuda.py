@@ -19,7 +19,7 @@ from studies.training import curves
 from studies.training.config import TrainConfig
 from studies.training.curves import CurveRecorder, Schedule
 from studies.training.optimizer import adam
-from studies.training.train import Split, build_model, train
+from studies.training.loop import Split, build_model, train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

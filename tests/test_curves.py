@@ -10,7 +10,7 @@ import torch
 from studies.training import curves
 from studies.training.config import TrainConfig
 from studies.training.curves import CurveRecorder, Schedule, first_crossing, interpolate
-from studies.training.train import Progress, Split, build_model, train
+from studies.training.loop import Progress, Split, build_model, train
 
 TINY_CNN = {"conv_channels": (4, 4, 4), "fc_features": (8,)}
 

@@ -16,10 +16,11 @@ import torch
 from optuna.trial import TrialState
 
 from studies.engine import runner as runner_module
-from studies.engine.bookkeeping import FAILURE_ATTR, IDENTITY_ATTR, POINT_ATTR, point_states
+from studies.store.records import FAILURE_ATTR, IDENTITY_ATTR, POINT_ATTR, point_states
 from studies.engine.liveness import LEASE_ATTR, Liveness
-from studies.engine.runner import Interrupted, RunOptions, StudyRunner
-from studies.engine.storage import StorageError, choose_storage, migrate, open_storage, parse_url
+from studies.engine.runner import Interrupted, StudyRunner
+from studies.run_options import RunOptions
+from studies.store.storage import StorageError, choose_storage, migrate, open_storage, parse_url
 from studies.engine.tasks import TaskOutcome
 from studies.write_faults import WriteFailed
 from studies.spec.study import parse_spec
@@ -144,7 +145,7 @@ def test_a_storage_on_the_full_disk_leaves_the_trial_to_the_next_run(engine, mon
     key = "cnn_pool|augmentation=none|seed=0"
     runner = engine()
     disk = {"full": False}
-    record = runner.storage.set_trial_user_attr
+    record = runner.stored.storage.set_trial_user_attr
 
     def set_attr(*args):
         if disk["full"]:
@@ -158,7 +159,7 @@ def test_a_storage_on_the_full_disk_leaves_the_trial_to_the_next_run(engine, mon
         disk["full"] = True
         raise full_disk()
 
-    monkeypatch.setattr(runner.storage, "set_trial_user_attr", set_attr)
+    monkeypatch.setattr(runner.stored.storage, "set_trial_user_attr", set_attr)
     engine.task.plan[key] = [fill_the_disk]
     with pytest.raises(WriteFailed) as stopped:
         runner.run()
@@ -167,7 +168,7 @@ def test_a_storage_on_the_full_disk_leaves_the_trial_to_the_next_run(engine, mon
     assert left.state == TrialState.RUNNING
     # This process stands in for the worker; as a separate run's would be, it is gone now.
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    record(runner._trial_id(left.number), LEASE_ATTR, {**left.user_attrs[LEASE_ATTR], "pid": int(gone.stdout)})
+    record(runner.stored._trial_id(left.number), LEASE_ATTR, {**left.user_attrs[LEASE_ATTR], "pid": int(gone.stdout)})
     disk["full"] = False
     assert engine().run() == {"done": 4}
 
@@ -178,7 +179,7 @@ def test_a_full_disk_under_the_storage_is_one_line_naming_it(engine, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(runner.storage, "set_trial_state_values", full)
+    monkeypatch.setattr(runner.stored.storage, "set_trial_state_values", full)
     with pytest.raises(WriteFailed) as stopped:
         runner.run()
     assert str(stopped.value).startswith(f"cannot write {runner.choice.path}: No space left on device")
@@ -196,7 +197,7 @@ def test_out_of_memory_is_a_failure_with_its_reason_and_the_study_goes_on(engine
 
 def test_retry_failed_gives_a_failed_point_another_round(engine, tmp_path):
     key = "cnn_pool|augmentation=none|seed=0"
-    from studies.training.train import Diverged
+    from studies.training.loop import Diverged
 
     engine.task.plan[key] = [Diverged(1, 3, float("nan"))]
     assert engine().run() == {"done": 3, "failed": 1}
@@ -217,7 +218,7 @@ def test_a_trial_failed_elsewhere_keeps_its_result_when_the_point_has_no_other(e
 
     def failed_by_another_worker():
         trial = next(t for t in runner.trials() if t.user_attrs.get(POINT_ATTR) == key)
-        runner.storage.set_trial_state_values(runner._trial_id(trial.number), TrialState.FAIL)
+        runner.stored.storage.set_trial_state_values(runner.stored._trial_id(trial.number), TrialState.FAIL)
 
     engine.task.plan[key] = failed_by_another_worker
     assert runner.run() == {"done": 4}
@@ -232,8 +233,8 @@ def test_a_trial_failed_elsewhere_is_discarded_when_the_point_was_completed(engi
 
     def failed_and_completed_by_another_worker():
         trial = next(t for t in runner.trials() if t.user_attrs.get(POINT_ATTR) == key)
-        runner.storage.set_trial_state_values(runner._trial_id(trial.number), TrialState.FAIL)
-        runner.study.add_trial(optuna.trial.create_trial(
+        runner.stored.storage.set_trial_state_values(runner.stored._trial_id(trial.number), TrialState.FAIL)
+        runner.stored.study.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE, value=0.5,
             user_attrs={POINT_ATTR: key, IDENTITY_ATTR: runner.identities[key], "values": {}, "metrics": {}}))
 
@@ -249,22 +250,22 @@ def test_a_skewed_clock_does_not_fail_a_live_trial(engine, monkeypatch):
     # A RUNNING trial leased by a live process on this host (a sleeping child stands in for its worker).
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        runner.study.enqueue_trial({}, user_attrs={POINT_ATTR: "x", IDENTITY_ATTR: "y"})
+        runner.stored.study.enqueue_trial({}, user_attrs={POINT_ATTR: "x", IDENTITY_ATTR: "y"})
         waiting = next(t for t in runner.trials() if t.state == TrialState.WAITING)
-        trial_id = runner._trial_id(waiting.number)
-        runner.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        trial_id = runner.stored._trial_id(waiting.number)
+        runner.stored.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
         lease = {**runner.liveness._here, "pid": sleeper.pid}
         from studies.engine.liveness import _start_time
 
         lease["started"] = _start_time(sleeper.pid)
-        runner.storage.set_trial_user_attr(trial_id, LEASE_ATTR, lease)
+        runner.stored.storage.set_trial_user_attr(trial_id, LEASE_ATTR, lease)
         skewed = Liveness(runner.choice, heartbeat_s=0.1, grace_s=0.1)
         monkeypatch.setattr(time, "time", lambda: 1e12)  # this worker's clock is far ahead
-        assert skewed.fail_dead(runner.study, runner.storage) == []
+        assert skewed.fail_dead(runner.stored) == []
         sleeper.kill()
         sleeper.wait()
-        assert skewed.fail_dead(runner.study, runner.storage) == [waiting.number]
-        reason = runner.storage.get_trial(trial_id).user_attrs[FAILURE_ATTR]
+        assert skewed.fail_dead(runner.stored) == [waiting.number]
+        reason = runner.stored.storage.get_trial(trial_id).user_attrs[FAILURE_ATTR]
         assert reason.startswith("stale: worker process") and "is gone" in reason
     finally:
         sleeper.kill()

@@ -179,7 +179,7 @@ def test_read_only_results_are_refused_before_training_whatever_the_storage(moun
 
 
 def test_a_journal_append_cut_short_by_a_full_disk_leaves_the_journal_whole(mounts, tmp_path):
-    from studies.engine.storage import open_storage, parse_url
+    from studies.store.storage import open_storage, parse_url
 
     disk = mounts.tmpfs(tmp_path / "disk", "256k")
     choice = parse_url(f"journal:{disk / 'studies.journal'}")

@@ -11,7 +11,7 @@ import torch
 
 from bench import gpu_check
 from bench.options import BenchOptions
-from bench.run import RowAppender, run_benchmark, table_stem, write_tables
+from bench.benchmark import RowAppender, run_benchmark, table_stem, write_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="about a machine where torch has no CUDA")

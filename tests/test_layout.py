@@ -13,19 +13,24 @@ PACKAGES = ("models", "studies", "bench")
 LAYERS = [
     ("models.compile_barrier", 0),  # imports nothing of the project; the routing and the DFT use it
     ("models.cpu", 0),
+    ("models.fields", 0),  # the declarative checks of every config (models, training, specs, options)
     ("studies.write_faults", 0),  # imports nothing of the project; every layer that writes files uses it
+    ("studies.results_location", 0),  # where results go; the engine, the report and the bench use it
+    ("studies.interrupt_line", 0),  # the one line and exit code of an interrupted command (CLI and bench)
     ("models", 1),
+    ("studies.arguments", 1),  # argument types checked by the config fields; the CLI and the bench use them
     ("studies.data", 2),
     ("studies.training", 3),
-    ("bench.__main__", 7),
-    ("bench", 4),
     ("studies.spec", 4),
-    ("studies.engine", 5),
-    ("studies.report", 6),
-    ("studies.errors", 7),
-    ("studies.cli", 7),
-    ("studies.__main__", 7),
-    ("studies", 7),  # the package's own docstring module
+    ("studies.run_options", 4),
+    ("studies.store", 5),  # the one module that speaks to Optuna's storages, and what trials record
+    ("studies.errors", 5),  # the exception types of bad input, from every layer below
+    ("bench", 6),
+    ("studies.engine", 7),  # its throughput study runs the bench
+    ("studies.report", 8),
+    ("studies.cli", 9),
+    ("studies.__main__", 9),
+    ("studies", 9),  # the package's own docstring module
 ]
 
 
@@ -112,3 +117,40 @@ def test_test_only_routing_lives_under_tests():
     for path in (ROOT / "models").rglob("*.py"):
         text = path.read_text()
         assert "_RouteVotes" not in text and "def dynamic_routing" not in text, path
+
+
+def test_bench_reaches_neither_the_engine_nor_the_command_line():
+    """The bench sits below the engine (whose throughput study runs it), so it may not climb back."""
+    for name in GRAPH:
+        if name == "bench" or name.startswith("bench."):
+            climbing = sorted(o for o in GRAPH[name] if o.startswith(("studies.engine", "studies.cli")))
+            assert not climbing, f"{name} imports {climbing}"
+
+
+def test_optuna_storage_calls_live_in_one_adapter():
+    """Trials are never built by hand, and only the storage adapter calls Optuna's storage interface."""
+    adapter = ROOT / "studies" / "store" / "storage.py"
+    internals = ("optuna.storages", "optuna.trial.Trial(", ".set_trial_state_values(", ".set_trial_user_attr(",
+                 ".get_all_trials(", ".record_heartbeat(", ".get_study_user_attrs(", "fail_stale_trials(")
+    for path in modules().values():
+        if path != adapter:
+            found = [word for word in internals if word in path.read_text()]
+            assert not found, f"{path.relative_to(ROOT)} uses Optuna's storage interface: {found}"
+
+
+def test_no_two_names_differ_by_a_letter_or_a_suffix():
+    """`spec` beside `specs`, `run` beside `runner`: names a reader confuses."""
+    names = {p.stem for package in PACKAGES for p in (ROOT / package).rglob("*") if p.suffix in ("", ".py")
+             and p.name not in ("__init__.py", "__main__.py", "__pycache__") and "__pycache__" not in p.parts
+             and "csrc" not in p.parts}
+    for name in names:
+        for other in names:
+            if name != other and other.startswith(name) and len(other) - len(name) <= 3 and "_" not in other[len(name):]:
+                raise AssertionError(f"{name!r} and {other!r} differ by a suffix")
+
+
+def test_no_file_cites_a_document_the_repository_lacks():
+    for path in ROOT.rglob("*"):
+        if path.is_file() and path.suffix in (".py", ".md", ".toml", ".txt", ".cfg") and not any(
+                part in (".venv", ".git", "data", "node_modules") for part in path.relative_to(ROOT).parts):
+            assert "REFERENCES" + ".md" not in path.read_text(errors="ignore"), path

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from studies.engine.storage import open_storage
+from studies.store.storage import open_storage
 
 pytestmark = [pytest.mark.data, pytest.mark.e2e]  # a PostgreSQL server and `python -m studies` runs
 

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 
 from studies.data.datasets import prepare
 from studies.training.config import TrainConfig
-from studies.training.train import train
+from studies.training.loop import train
 
 # Each test trains: a study in a new process (the `stored` study, which the bad inputs must leave
 # alone, included) or a model in this one.

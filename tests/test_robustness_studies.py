@@ -60,6 +60,19 @@ def test_affnist_study_writes_curves_levels_and_the_generated_sets_name(robustne
             in findings
 
 
+
+@pytest.mark.e2e
+def test_the_affnist_report_needs_neither_data_nor_a_device(robustness, run_cli, tmp_path):
+    """The report rebuilds the affNIST study (whose trials depend on a generated set) from storage
+    alone: the data root points nowhere, and nothing is generated or created there."""
+    tables = {name: (robustness / name).read_bytes() for name in ("affnist-trials.csv", "affnist-levels.csv")}
+    missing = tmp_path / "no-data-here"
+    done = run_cli("studies", "report", "--study", "affnist", "--profile", "smoke",
+                   env={"CAPSBENCH_RESULTS": robustness.parent, "CAPSBENCH_DATA": missing})
+    assert done.returncode == 0, done.stderr
+    assert not missing.exists()
+    assert {name: (robustness / name).read_bytes() for name in tables} == tables
+
 @pytest.mark.e2e
 def test_rotation_study_writes_curves_and_long_form_sweeps(robustness):
     curves = pd.read_csv(robustness / "rotation-curves.csv")
@@ -116,7 +129,7 @@ def affnist_set_from(root, files):
         else:
             target.write_bytes(source.read_bytes())
     spec = load_spec("affnist")
-    tasks._ROBUSTNESS_SETS.clear()
+    tasks.ROBUSTNESS_SETS.clear()
     return affnist_set(spec, spec.profile("smoke"), TrainConfig(data_root=str(root), device="cpu"))
 
 
@@ -127,9 +140,9 @@ def test_the_generated_set_is_announced_before_training(tmp_path, capsys, monkey
 
     monkeypatch.setattr(affnist_style, "mnist_affnist_style", small_generated_set)
     spec = load_spec("affnist")
-    tasks._ROBUSTNESS_SETS.clear()
+    tasks.ROBUSTNESS_SETS.clear()
     chosen = affnist_set(spec, spec.profile("smoke"), TrainConfig(data_root=str(tmp_path), device="cpu"))
-    tasks._ROBUSTNESS_SETS.clear()
+    tasks.ROBUSTNESS_SETS.clear()
     assert chosen.name == affnist_style.DESCRIPTION and chosen.files == ""
     said = capsys.readouterr().out
     assert f"no official affNIST test files in {tmp_path / 'affNIST'}" in said
@@ -142,7 +155,7 @@ def test_the_robustness_sets_identity_is_its_recipe_not_its_pixels(monkeypatch):
     spec = load_spec("affnist")
     profile = spec.profile("smoke")
     config = TrainConfig(device="cpu")
-    tasks._ROBUSTNESS_SETS.clear()
+    tasks.ROBUSTNESS_SETS.clear()
     here = affnist_set(spec, profile, config)
     make = affnist_style.mnist_affnist_style
 
@@ -153,9 +166,9 @@ def test_the_robustness_sets_identity_is_its_recipe_not_its_pixels(monkeypatch):
         return dataclasses.replace(made, images=images)
 
     monkeypatch.setattr(affnist_style, "mnist_affnist_style", one_rounding_step_away)
-    tasks._ROBUSTNESS_SETS.clear()
+    tasks.ROBUSTNESS_SETS.clear()
     elsewhere = affnist_set(spec, profile, config)
-    tasks._ROBUSTNESS_SETS.clear()
+    tasks.ROBUSTNESS_SETS.clear()
     assert not torch.equal(here.split.images, elsewhere.split.images)
     assert here.output_sha256 != elsewhere.output_sha256
     assert here.identity == elsewhere.identity

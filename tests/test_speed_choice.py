@@ -10,7 +10,7 @@ from models import speed_paths
 from models.speed_paths import MIN_FACTOR, SpeedPlan
 from studies.training import speed_choice
 from studies.training.config import TrainConfig
-from studies.training.train import Split, train
+from studies.training.loop import Split, train
 
 SMALL_CAPSNET = {"conv1_channels": 16, "primary_types": 4, "primary_dim": 8, "digit_dim": 4}
 

@@ -184,3 +184,18 @@ def test_the_paper_stands_beside_a_trained_model_only():
                            "paper_error": "0.25 ± 0.005"} for error in (1.8, MEANINGFUL_ERROR + 1)])
     shown = display(table, ["routing_iters", "recon_weight", "augmentation"])["Paper error %"].tolist()
     assert shown == ["0.25 ± 0.005", "(not beside a model this far from trained)"]
+
+
+@pytest.mark.e2e
+def test_the_report_reads_the_stored_trials_only(smoke, run_cli, tmp_path):
+    """No data, no device, no worker: the report of a stored study rebuilds the same tables with the
+    data root pointing nowhere, and creates nothing there."""
+    results, _ = smoke
+    out = results / "smoke"
+    tables = {name: (out / name).read_bytes() for name in ("ablation-trials.csv", "ablation-effects.csv")}
+    missing = tmp_path / "no-data-here"
+    done = run_cli("studies", "report", "--study", "ablation", "--profile", "smoke",
+                   env={"CAPSBENCH_RESULTS": results, "CAPSBENCH_DATA": missing})
+    assert done.returncode == 0, done.stderr
+    assert not missing.exists()
+    assert {name: (out / name).read_bytes() for name in tables} == tables

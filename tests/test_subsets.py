@@ -4,7 +4,7 @@ import torch
 
 from studies.data.subsets import class_quotas, stratified_subset, train_val_test_indices
 from studies.training.config import TrainConfig
-from studies.training.train import load_splits
+from studies.training.loop import load_splits
 
 # An unbalanced, ordered label vector: 600 of class 0, 300 of 1, 100 of 2, in blocks.
 LABELS = torch.cat([torch.zeros(600), torch.ones(300), torch.full((100,), 2)]).long()

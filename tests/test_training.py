@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from studies.training.config import TrainConfig
-from studies.training.train import build_model, train
+from studies.training.loop import build_model, train
 
 pytestmark = pytest.mark.data
 

@@ -14,21 +14,21 @@ pixels, so the border rows and columns stay zero and no mass is cut off.
 Parameters are drawn on the CPU from one seeded generator, copy block after copy block, so
 the set is the same for any chunk size or device, and the first k copies of a set with more
 copies equal the set with k copies. Warping runs batched on the requested device.
+
+Caching (file layout, identity, damaged files) is studies/data/generated_cache.py's; this module
+says only what identifies a set and how its file's payload is laid out.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
-from studies.data.atomic_save import save_atomically
+from studies.data import generated_cache
 from studies.data.augment import AffineParams, affine_matrices, warp
-from studies.write_faults import WriteFailed
+from studies.data.generated_cache import source_fingerprint
 
 DESCRIPTION = "affNIST-style (generated)"
 CANVAS = 40
@@ -112,15 +112,6 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor, copies: int, canva
         raise ValueError(f"copies must be a positive integer, got {copies!r}")
     if canvas < images.shape[1]:
         raise ValueError(f"canvas {canvas} is smaller than the {images.shape[1]}-pixel source images")
-
-
-def source_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 of the source pixels and labels, so a different source never hits the cache."""
-    digest = hashlib.sha256()
-    digest.update(str(tuple(images.shape)).encode())
-    digest.update(images.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _draw(ranges: AffineRanges, count: int, copies: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -244,8 +235,10 @@ def generate(
     )
 
 
-def cache_key(ranges: AffineRanges, seed: int, copies: int, canvas: int, source_sha256: str, source_count: int) -> str:
-    payload = {
+def _identity(ranges: AffineRanges, seed: int, copies: int, canvas: int, source_sha256: str,
+              source_count: int) -> dict[str, object]:
+    # What names a cache file; stored trials are keyed by its hash, so its keys never change.
+    return {
         "ranges": ranges.as_dict(),
         "seed": seed,
         "copies": copies,
@@ -254,26 +247,27 @@ def cache_key(ranges: AffineRanges, seed: int, copies: int, canvas: int, source_
         "source_sha256": source_sha256,
         "generator_version": GENERATOR_VERSION,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _to_payload(result: AffineStyleSet) -> dict[str, object]:
-    # Plain tensors, strings and numbers only, so torch.load(weights_only=True) can read it.
+def cache_key(ranges: AffineRanges, seed: int, copies: int, canvas: int, source_sha256: str, source_count: int) -> str:
+    return generated_cache.recipe_key(_identity(ranges, seed, copies, canvas, source_sha256, source_count))
+
+
+def _encode(result: AffineStyleSet) -> dict[str, object]:
     return {
         "images": result.images,
         "labels": result.labels,
         "source_index": result.source_index,
         "params": {name: getattr(result.params, name) for name in _PARAM_NAMES},
-        "metadata": result.metadata(),
     }
 
 
-def _from_payload(payload: object, expected: dict[str, object]) -> AffineStyleSet:
-    """Rebuild the set from a cache file's contents; ValueError when anything is off."""
-    if not isinstance(payload, dict) or payload.get("metadata") != expected:
-        raise ValueError("cache metadata does not match")
-    total = expected["images"]
-    canvas = expected["canvas"]
+def _decode(payload: dict[str, object], metadata: dict[str, object]) -> AffineStyleSet:
+    """The set in a cache file whose metadata matched; ValueError when its contents are off."""
+    if not isinstance(metadata["clipped"], int):
+        raise ValueError("clipped is not an integer")
+    total = metadata["images"]
+    canvas = metadata["canvas"]
     images, labels, index = payload["images"], payload["labels"], payload["source_index"]
     if images.dtype != torch.uint8 or tuple(images.shape) != (total, canvas, canvas):
         raise ValueError("cached images have the wrong shape or dtype")
@@ -282,56 +276,16 @@ def _from_payload(payload: object, expected: dict[str, object]) -> AffineStyleSe
     params = payload["params"]
     if set(params) != set(_PARAM_NAMES) or any(params[n].shape != (total,) for n in _PARAM_NAMES):
         raise ValueError("cached parameters are incomplete")
-    ranges = AffineRanges(**expected["ranges"])
+    ranges = AffineRanges(**metadata["ranges"])
     return AffineStyleSet(
         images=images, labels=labels, params=AffineParams(**params), source_index=index,
-        ranges=ranges, seed=expected["seed"], copies=expected["copies"], canvas=canvas,
-        source_sha256=expected["source_sha256"], clipped=expected["clipped"],
+        ranges=ranges, seed=metadata["seed"], copies=metadata["copies"], canvas=canvas,
+        source_sha256=metadata["source_sha256"], clipped=metadata["clipped"],
     )
 
 
-def _expected_metadata(ranges, seed, copies, canvas, sha, count) -> dict[str, object]:
-    # The part of the metadata known before generating; `clipped` is filled from the file.
-    return {
-        "description": DESCRIPTION,
-        "ranges": ranges.as_dict(),
-        "seed": seed,
-        "copies": copies,
-        "canvas": canvas,
-        "source_images": count,
-        "source_sha256": sha,
-        "images": count * copies,
-        "generator_version": GENERATOR_VERSION,
-    }
-
-
-def _read_cache(path: Path, expected: dict[str, object]) -> AffineStyleSet | None:
-    """The cached set, or None when the file is absent, unreadable or not what was asked for."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = payload.get("metadata") if isinstance(payload, dict) else None
-        clipped = meta.get("clipped") if isinstance(meta, dict) else None
-        if not isinstance(clipped, int):
-            return None
-        return _from_payload(payload, {**expected, "clipped": clipped})
-    except Exception:  # a corrupt or foreign file is rebuilt, never trusted
-        return None
-
-
-def _write_cache(path: Path, result: AffineStyleSet) -> None:
-    # The cache only spares generating the set again: a disk that cannot take it is not a fault.
-    try:
-        save_atomically(_to_payload(result), path)
-    except WriteFailed as error:
-        warnings.warn(f"{error}; the set is used without a cache and generated again next time", stacklevel=3)
-
-
 def default_cache_dir() -> Path:
-    from studies.data.datasets import default_data_root
-
-    return default_data_root() / CACHE_FOLDER
+    return generated_cache.cache_directory(CACHE_FOLDER)
 
 
 def load_or_generate(
@@ -346,16 +300,21 @@ def load_or_generate(
 ) -> AffineStyleSet:
     """`generate`, cached as <cache_dir>/<key>.pt; the key covers ranges, seed, copies, canvas and source."""
     _check_inputs(images, labels, copies, canvas)
-    sha = source_fingerprint(images, labels)
     count = images.shape[0]
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = directory / f"{cache_key(ranges, seed, copies, canvas, sha, count)}.pt"
-    cached = _read_cache(path, _expected_metadata(ranges, seed, copies, canvas, sha, count))
-    if cached is not None:
-        return cached
-    result = generate(images, labels, ranges, copies, seed, device, canvas)
-    _write_cache(path, result)
-    return result
+    identity = _identity(ranges, seed, copies, canvas, source_fingerprint(images, labels), count)
+    recipe = generated_cache.Recipe(
+        name=DESCRIPTION,
+        folder=CACHE_FOLDER,
+        identity=identity,
+        metadata={"description": DESCRIPTION, **identity, "images": count * copies},
+        # How many digits had to be centred is known only once the set is generated.
+        measured=("clipped",),
+        # `generate` is looked up when called, so a test can count this module's generations.
+        generate=lambda: generate(images, labels, ranges, copies, seed, device, canvas),
+        encode=_encode,
+        decode=_decode,
+    )
+    return generated_cache.load_or_generate(recipe, cache_dir)
 
 
 def mnist_affnist_style(
@@ -370,8 +329,7 @@ def mnist_affnist_style(
     from studies.data import datasets
 
     images, labels = datasets.load("mnist", "test", root)
-    if cache_dir is None and root is not None:
-        cache_dir = Path(root) / CACHE_FOLDER
+    cache_dir = generated_cache.cache_directory(CACHE_FOLDER, cache_dir, root)
     return load_or_generate(images, labels, ranges, copies, seed, device, CANVAS, cache_dir)
 
 

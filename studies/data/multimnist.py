@@ -25,16 +25,13 @@ Overlap statistic (`bounding_box_overlap`): intersection of the two digits' boun
 the smaller box's area; the paper's "80% average overlap" is checked against it (the recipe
 gives about 73%; see the function's docstring).
 
-The cache (`load_or_generate`) keys a file by the recipe, the seed, the number of pairs, the
-source fingerprint and GENERATOR_VERSION, and checks every file it reads; a file that fails is
-reported with a warning and regenerated into a temporary file that atomically replaces it.
+The cache (`load_or_generate`, through studies/data/generated_cache.py) keys a file by the
+recipe, the seed, the number of pairs, the source fingerprint and GENERATOR_VERSION; this module
+adds the checks of a file's contents that only this recipe knows (`_decode`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,10 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from models.fields import ConfigError
-from studies.data.atomic_save import save_atomically
+from studies.data import generated_cache
 from studies.data.augment import shift
+from studies.data.generated_cache import source_fingerprint
 from studies.data.subsets import stratified_subset
-from studies.write_faults import WriteFailed
 
 DESCRIPTION = "MultiMNIST (generated)"
 SOURCE_SIDE = 28
@@ -118,15 +115,6 @@ def _check_inputs(images: torch.Tensor, labels: torch.Tensor, pairs_per_digit: i
         raise ValueError(f"labels must be >= 0, got {int(labels.min())}")
     if labels.unique().numel() < 2:
         raise ValueError("MultiMNIST needs digits of at least two classes in the source")
-
-
-def source_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 of the source pixels and labels, so a different source never hits the cache."""
-    digest = hashlib.sha256()
-    digest.update(str(tuple(images.shape)).encode())
-    digest.update(images.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _draw(labels: torch.Tensor, pairs_per_digit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +279,9 @@ def mean_overlap(dataset: MultiMNISTSet, relative_to: OverlapBase = "smaller") -
 # --- cache -------------------------------------------------------------------
 
 
-def _expected_metadata(pairs_per_digit: int, seed: int, sha: str, count: int) -> dict[str, object]:
+def _identity(pairs_per_digit: int, seed: int, sha: str, count: int) -> dict[str, object]:
+    # Both what names a cache file and what its metadata must say; stored trials are keyed by its
+    # hash, so its keys never change.
     return {
         "description": DESCRIPTION,
         "pairs_per_digit": pairs_per_digit,
@@ -307,29 +297,23 @@ def _expected_metadata(pairs_per_digit: int, seed: int, sha: str, count: int) ->
 
 
 def cache_key(pairs_per_digit: int, seed: int, source_sha256: str, source_count: int) -> str:
-    payload = _expected_metadata(pairs_per_digit, seed, source_sha256, source_count)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return generated_cache.recipe_key(_identity(pairs_per_digit, seed, source_sha256, source_count))
 
 
 _TENSORS = ("images", "first", "second", "labels", "shifts", "source_index")
 
 
-def _to_payload(result: MultiMNISTSet) -> dict[str, object]:
-    # Plain tensors, strings and numbers only, so torch.load(weights_only=True) can read it.
-    return {**{name: getattr(result, name) for name in _TENSORS}, "metadata": result.metadata()}
+def _encode(result: MultiMNISTSet) -> dict[str, object]:
+    return {name: getattr(result, name) for name in _TENSORS}
 
 
-def _validate(payload: object, expected: dict[str, object], labels: torch.Tensor) -> MultiMNISTSet:
-    """The set in a cache file's payload; ValueError saying what is wrong otherwise.
+def _decode(payload: dict[str, object], expected: dict[str, object], labels: torch.Tensor) -> MultiMNISTSet:
+    """The set in a cache file whose metadata matched; ValueError saying what is wrong otherwise.
 
-    Beyond shapes and metadata, every invariant that is cheap to check is checked, so a file
-    damaged in its contents (not only truncated) is caught: labels are the source labels of the
-    recorded indices and differ, shifts are in range, and merged = min(first + second, 255).
+    Beyond shapes, every invariant that is cheap to check is checked, so a file damaged in its
+    contents (not only truncated) is caught: labels are the source labels of the recorded indices
+    and differ, shifts are in range, and merged = min(first + second, 255).
     """
-    if not isinstance(payload, dict):
-        raise ValueError("not a MultiMNIST cache file")
-    if payload.get("metadata") != expected:
-        raise ValueError("its metadata does not match the requested set")
     missing = [name for name in _TENSORS if not isinstance(payload.get(name), torch.Tensor)]
     if missing:
         raise ValueError(f"it lacks {', '.join(missing)}")
@@ -368,29 +352,8 @@ def _validate(payload: object, expected: dict[str, object], labels: torch.Tensor
     )
 
 
-def _read_cache(path: Path, expected: dict[str, object], labels: torch.Tensor) -> tuple[MultiMNISTSet | None, str | None]:
-    """(the cached set, None), (None, None) when there is no file, or (None, why it is unusable)."""
-    if not path.is_file():
-        return None, None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        return _validate(payload, expected, labels), None
-    except Exception as problem:  # torn, foreign or tampered: rebuilt, never trusted
-        return None, " ".join(str(problem).split())[:200] or type(problem).__name__
-
-
-def _write_cache(path: Path, result: MultiMNISTSet) -> None:
-    # The cache only spares generating the set again: a disk that cannot take it is not a fault.
-    try:
-        save_atomically(_to_payload(result), path)
-    except WriteFailed as error:
-        warnings.warn(f"{error}; the set is used without a cache and generated again next time", stacklevel=3)
-
-
 def default_cache_dir() -> Path:
-    from studies.data.datasets import default_data_root
-
-    return default_data_root() / CACHE_FOLDER
+    return generated_cache.cache_directory(CACHE_FOLDER)
 
 
 def load_or_generate(
@@ -404,19 +367,18 @@ def load_or_generate(
     """`generate`, cached as <cache_dir>/<key>.pt (key: recipe, seed, pairs, source, version)."""
     _check_inputs(images_uint8, labels, pairs_per_digit)
     labels = labels.cpu().to(torch.int64)
-    sha = source_fingerprint(images_uint8, labels)
-    count = labels.shape[0]
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = directory / f"{cache_key(pairs_per_digit, seed, sha, count)}.pt"
-    cached, problem = _read_cache(path, _expected_metadata(pairs_per_digit, seed, sha, count), labels)
-    if cached is not None:
-        return cached
-    if problem is not None:
-        # Not silent: a damaged cache means something else wrote or broke it; say so, then replace.
-        warnings.warn(f"{DESCRIPTION} cache {path} is unusable ({problem}); regenerating it", stacklevel=2)
-    result = generate(images_uint8, labels, pairs_per_digit, seed, device)
-    _write_cache(path, result)
-    return result
+    identity = _identity(pairs_per_digit, seed, source_fingerprint(images_uint8, labels), labels.shape[0])
+    recipe = generated_cache.Recipe(
+        name=DESCRIPTION,
+        folder=CACHE_FOLDER,
+        identity=identity,
+        metadata=identity,
+        # `generate` is looked up when called, so a test can count this module's generations.
+        generate=lambda: generate(images_uint8, labels, pairs_per_digit, seed, device),
+        encode=_encode,
+        decode=lambda payload, metadata: _decode(payload, metadata, labels),
+    )
+    return generated_cache.load_or_generate(recipe, cache_dir)
 
 
 def mnist_multimnist(
@@ -444,8 +406,7 @@ def mnist_multimnist(
     if limit is not None:
         index = stratified_subset(labels, limit, subset_seed)
         images, labels = images[index], labels[index]
-    if cache_dir is None and root is not None:
-        cache_dir = Path(root) / CACHE_FOLDER
+    cache_dir = generated_cache.cache_directory(CACHE_FOLDER, cache_dir, root)
     return load_or_generate(images, labels, pairs_per_digit, seed, device, cache_dir)
 
 

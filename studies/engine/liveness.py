@@ -2,7 +2,7 @@
 
 - Server storages (PostgreSQL, MySQL): Optuna's RDB heartbeat. The worker records a heartbeat
   every `heartbeat_s`; the database stamps it with its own time, and a trial whose last beat is
-  older than the grace period by the database's clock is failed (`optuna.storages.fail_stale_trials`).
+  older than the grace period by the database's clock is failed (Optuna's `fail_stale_trials`).
 - File storages (SQLite, journal), which serve processes on one host: a lease the host can check.
   The worker writes its host, boot, process id and process start time onto the trial when it
   claims it; another worker on the same host fails the trial once that process is gone (a reused
@@ -15,15 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import threading
 import time
-import warnings
 from pathlib import Path
 
-import optuna
 from optuna.trial import TrialState
 
-from studies.engine.storage import StorageChoice
+from studies.store.storage import StorageChoice, StoredStudy
 
 LEASE_ATTR = "lease"
 FAILURE_ATTR = "failure"
@@ -67,56 +64,28 @@ class Liveness:
         self._here = own_lease()
 
     @contextlib.contextmanager
-    def keep_alive(self, study: optuna.Study, storage, trial_id: int):
+    def keep_alive(self, stored: StoredStudy, number: int):
         """Around a claimed trial's whole run: its lease, and on a server its heartbeat thread. On a
         server the first heartbeat is recorded before the lease is written: a trial with a lease
         always has a heartbeat the database can judge, and one without is caught by the grace rule."""
         if self.choice.one_host:
-            storage.set_trial_user_attr(trial_id, LEASE_ATTR, self._here)
+            stored.set_trial_attrs(number, {LEASE_ATTR: self._here})
             yield
             return
-        storage.record_heartbeat(trial_id)
-        storage.set_trial_user_attr(trial_id, LEASE_ATTR, self._here)
-        stop = threading.Event()
-
-        def beat():
-            while not stop.wait(self.heartbeat_s):
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception:  # a transient database error: beat again next time
-                    pass
-
-        thread = threading.Thread(target=beat, daemon=True)
-        thread.start()
-        try:
+        with stored.heartbeats(number, self.heartbeat_s):  # the first one is recorded at once
+            stored.set_trial_attrs(number, {LEASE_ATTR: self._here})
             yield
-        finally:
-            stop.set()
-            thread.join()
 
-    def fail_dead(self, study: optuna.Study, storage) -> list[int]:
+    def fail_dead(self, stored: StoredStudy) -> list[int]:
         """Fail the RUNNING trials whose worker is gone; their numbers."""
-        failed = []
-        if not self.choice.one_host:
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-            failed += sorted(before - after)
+        failed = [] if self.choice.one_host else stored.fail_stale()
         now = time.monotonic()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            reason = self._verdict(trial, now)
-            if reason is None:
+        for trial in stored.trials():
+            if trial.state != TrialState.RUNNING:
                 continue
-            trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(study.study_name), trial.number)
-            try:
-                storage.set_trial_user_attr(trial_id, FAILURE_ATTR, reason)
-                if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                    failed.append(trial.number)
-            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
-                pass  # finished meanwhile
+            reason = self._verdict(trial, now)
+            if reason is not None and stored.fail(trial.number, {FAILURE_ATTR: reason}):  # False: finished meanwhile
+                failed.append(trial.number)
         return failed
 
     def _verdict(self, trial, now: float) -> str | None:

@@ -21,18 +21,22 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import optuna
 import torch
-from annotated_types import Interval
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from models.fields import check_fields
-from studies.engine.bookkeeping import (
+from studies.engine.liveness import Liveness
+from studies.engine.tasks import ROBUSTNESS_SETS, TASKS, TaskOutcome, TrainHooks, preflight
+from studies.results_location import ensure_writable
+from studies.run_options import RunOptions
+from studies.spec.study import Point, StudySpec
+from studies.store.records import (
     FAILURE_ATTR,
+    IDENTITIES_ATTR,
     IDENTITY_ATTR,
     POINT_ATTR,
     RETRY_ATTR,
@@ -44,53 +48,26 @@ from studies.engine.bookkeeping import (
     point_values,
     study_name,
 )
-from studies.engine.liveness import Liveness
-from studies.engine.storage import choose_storage, ensure_writable, exclusive, open_storage, results_dir
-from studies.engine.tasks import TASKS, TaskOutcome, TrainHooks, preflight
-from studies.spec.schema import PROFILES
-from studies.spec.study import Point, StudySpec
+from studies.store.storage import StoredStudy, choose_storage
 from studies.training import speed_choice, stop
 from studies.training.devices import resolve_device
 from studies.training.stop import Interrupted  # noqa: F401  (re-exported: the engine's interrupt)
-from studies.training.train import Diverged, SpeedSource, train
+from studies.training.loop import Diverged, SpeedSource, train
 from studies.write_faults import WriteFailed, disk_fault, named_write_faults
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@dataclass
-class RunOptions:
-    profile: Literal[PROFILES] = "quick"
-    storage: str | None = None
-    results_root: str | None = None
-    device: str = "auto"
-    data_root: str | None = None
-    progress: bool = True
-    # Seconds between a running trial's heartbeats (server storages) ...
-    heartbeat_s: Annotated[float, Interval(gt=0, le=3600)] = 10.0
-    # ... and without one before its worker counts as gone (file storages: a trial claimed but
-    # never leased).
-    grace_s: Annotated[float, Interval(gt=0, le=86400)] = 60.0
-    workers: Annotated[int, Interval(ge=1, le=256)] = 1
-    retry_failed: bool = False
-
-    def __post_init__(self):
-        check_fields(self)
-
-    @property
-    def results(self):
-        return results_dir(self.profile, self.results_root)
-
-
-def open_study(spec: StudySpec, options: RunOptions, storage) -> optuna.Study:
-    study = optuna.create_study(
-        study_name=study_name(spec, options.profile), storage=storage, direction="minimize", load_if_exists=True
-    )
-    for key, value in {"spec": spec.name, "title": spec.title, "kind": spec.kind,
-                       "dataset": spec.dataset, "profile": options.profile}.items():
-        if study.user_attrs.get(key) != value:
-            study.set_user_attr(key, value)
-    return study
+def open_study(spec: StudySpec, options: RunOptions, choice, identities: dict[str, str]) -> StoredStudy:
+    """The spec's study, labelled, with the identities of its current points stored beside it: what
+    the report needs to tell current trials from superseded ones without data or a device."""
+    stored = StoredStudy.open(choice, study_name(spec, options.profile), options.heartbeat_s, options.grace_s)
+    attrs = stored.attrs()
+    for key, value in {"spec": spec.name, "title": spec.title, "kind": spec.kind, "dataset": spec.dataset,
+                       "profile": options.profile, IDENTITIES_ATTR: identities}.items():
+        if attrs.get(key) != value:
+            stored.set_attr(key, value)
+    return stored
 
 
 class StudyRunner:
@@ -110,20 +87,18 @@ class StudyRunner:
         self.choice = choose_storage(options.storage, options.results, options.workers)
         if announce:
             tqdm.write(f"{spec.name} [{options.profile}]: {self.choice.describe()}")
-        self.storage = open_storage(self.choice, options.heartbeat_s, options.grace_s)  # checks its directory
         with self._storage_writes():
-            self.study = open_study(spec, options, self.storage)
-        self.study_id = self.storage.get_study_id_from_name(self.study.study_name)
+            self.stored = open_study(spec, options, self.choice, self.identities)  # checks its directory
         self.liveness = Liveness(self.choice, options.heartbeat_s, options.grace_s)
         self._announced: set[str] = set()  # speed-plan situations this process has named
 
     # --- what is where -------------------------------------------------------------------------
 
     def trials(self) -> list[optuna.trial.FrozenTrial]:
-        return self.storage.get_all_trials(self.study_id, deepcopy=False)
+        return self.stored.trials()
 
     def retry_marks(self) -> dict[str, int]:
-        return self.storage.get_study_user_attrs(self.study_id).get(RETRY_ATTR, {})
+        return self.stored.attrs().get(RETRY_ATTR, {})
 
     def states(self) -> dict[str, str]:
         return point_states(self.trials(), self.identities, self.retry_marks())
@@ -134,9 +109,6 @@ class StudyRunner:
         for key in self.points:
             counts[states.get(key, "missing")] += 1
         return counts
-
-    def _trial_id(self, number: int) -> int:
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     # --- the worker loop ----------------------------------------------------------------------
 
@@ -160,16 +132,16 @@ class StudyRunner:
         waited = False
         while True:
             stop.check()  # a signal whose exception was swallowed between trials claims nothing more
-            for number in self.liveness.fail_dead(self.study, self.storage):
+            for number in self.liveness.fail_dead(self.stored):
                 tqdm.write(f"trial {number}: its worker is gone; failed, its point will be retrained")
-            with exclusive(self.choice, self.storage, self.study.study_name):
+            with self.stored.lock():
                 counts = self._enqueue_missing()
             bar.n = counts["done"] + counts["failed"]
             bar.refresh()
-            trial = self._claim()
-            if trial is not None:
+            number = self._claim()
+            if number is not None:
                 waited = False
-                self._run_trial(trial)
+                self._run_trial(number)
                 continue
             if counts["pending"] == 0:
                 break
@@ -185,7 +157,7 @@ class StudyRunner:
         states = self.states()
         for key, point in self.points.items():
             if states.get(key) in (None, "retry"):
-                self.study.enqueue_trial({}, user_attrs={
+                self.stored.enqueue({
                     POINT_ATTR: key, VALUES_ATTR: point_values(point), IDENTITY_ATTR: self.identities[key],
                 })
                 states[key] = "pending"
@@ -196,37 +168,33 @@ class StudyRunner:
 
     def _mark_retries(self) -> None:
         """Failures so far no longer count for the points that failed for good."""
-        with exclusive(self.choice, self.storage, self.study.study_name):
+        with self.stored.lock():
             failed = [key for key, state in self.states().items() if state == "failed"]
             if failed:
                 marks = dict(self.retry_marks())
                 next_number = len(self.trials())
                 marks.update({key: next_number for key in failed})
-                self.study.set_user_attr(RETRY_ATTR, marks)
+                self.stored.set_attr(RETRY_ATTR, marks)
                 tqdm.write(f"retrying {len(failed)} failed point(s)")
 
-    def _claim(self) -> optuna.Trial | None:
-        """Move one WAITING trial of this study's current points to RUNNING for this worker."""
+    def _claim(self) -> int | None:
+        """Move one WAITING trial of this study's current points to RUNNING for this worker; its number."""
         for trial in self.trials():
             if trial.state != TrialState.WAITING:
                 continue
             key = trial.user_attrs.get(POINT_ATTR)
             if key not in self.points or trial.user_attrs.get(IDENTITY_ATTR) != self.identities[key]:
                 continue  # another spec's or budget's; left for the run that asks for it
-            try:
-                if self.storage.set_trial_state_values(self._trial_id(trial.number), TrialState.RUNNING):
-                    return optuna.trial.Trial(self.study, self._trial_id(trial.number))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker took it and finished it meanwhile
+            if self.stored.claim(trial.number):
+                return trial.number
         return None
 
     # --- one trial ---------------------------------------------------------------------------
 
-    def _run_trial(self, trial: optuna.Trial) -> None:
-        key = trial.user_attrs[POINT_ATTR]
+    def _run_trial(self, number: int) -> None:
+        key = self.stored.trial(number).user_attrs[POINT_ATTR]
         point = self.points[key]
-        trial_id = self._trial_id(trial.number)
-        with self.liveness.keep_alive(self.study, self.storage, trial_id):
+        with self.liveness.keep_alive(self.stored, number):
             nuisance = self._tune_nuisance(point)
             config = self._config(point, nuisance)
             started = time.time()
@@ -234,41 +202,41 @@ class StudyRunner:
             attrs: dict[str, Any] = {"config": config.to_dict()}
             if nuisance:
                 attrs["nuisance"] = nuisance
-            self._set_attrs(trial_id, attrs)
+            self.stored.set_trial_attrs(number, attrs)
             if checkpoint.exists():
                 tqdm.write(f"resuming {key} from its last checkpoint")
             try:
-                hooks = TrainHooks(checkpoint=checkpoint, speed_plan=self._speed_source(trial_id))
+                hooks = TrainHooks(checkpoint=checkpoint, speed_plan=self._speed_source(number))
                 outcome = TASKS[self.spec.kind](self.spec, self.profile, config, hooks)
             except Diverged as error:
-                self._fail(trial_id, key, f"diverged: {error}")
+                self._fail(number, key, f"diverged: {error}")
                 checkpoint.unlink(missing_ok=True)
                 return
             except (torch.OutOfMemoryError, MemoryError) as error:
-                self._fail(trial_id, key, f"out of memory: {type(error).__name__}: {error}"[:500])
+                self._fail(number, key, f"out of memory: {type(error).__name__}: {error}"[:500])
                 return
             except WriteFailed as error:  # the disk's fault, not the point's: no attempt used
-                raise self._interrupted_by_disk(trial_id, key, error) from error
+                raise self._interrupted_by_disk(number, key, error) from error
             except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: no attempt used; the checkpoint stays
                 how = "SIGTERM" if isinstance(error, Interrupted) else "Ctrl-C"
-                self._fail(trial_id, key, f"interrupted: {how}")
+                self._fail(number, key, f"interrupted: {how}")
                 stop.clear()
                 raise
             except BaseException as error:  # recorded, then raised: a bug must stay visible
                 cause = disk_fault(error) if isinstance(error, Exception) else None
                 if cause is not None:  # a write that no one named (a library's cache): still the disk's fault
                     failed = WriteFailed(cause.filename or "a file", cause)
-                    raise self._interrupted_by_disk(trial_id, key, failed) from error
-                self._fail(trial_id, key, f"error: {type(error).__name__}: {error}"[:500])
+                    raise self._interrupted_by_disk(number, key, failed) from error
+                self._fail(number, key, f"error: {type(error).__name__}: {error}"[:500])
                 raise
-        self._complete(trial, trial_id, key, outcome, {"wall_seconds": time.time() - started})
+        self._complete(number, key, outcome, {"wall_seconds": time.time() - started})
         checkpoint.unlink(missing_ok=True)
 
-    def _interrupted_by_disk(self, trial_id: int, key: str, error: WriteFailed) -> WriteFailed:
+    def _interrupted_by_disk(self, number: int, key: str, error: WriteFailed) -> WriteFailed:
         """Record the trial as interrupted (its last checkpoint, whole, stays); returns the error to
         end the run with, saying what the next run will do."""
         try:
-            self._fail(trial_id, key, f"interrupted: {error}")
+            self._fail(number, key, f"interrupted: {error}")
         except Exception as failure:  # the storage sits on the same disk
             if disk_fault(failure) is None:
                 raise
@@ -278,20 +246,11 @@ class StudyRunner:
                               "is writable again), run the same command again: it resumes the trial from its last "
                               "checkpoint, if any")
 
-    def _set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        for name, value in attrs.items():
-            self.storage.set_trial_user_attr(trial_id, name, value)
-
-    def _fail(self, trial_id: int, key: str, reason: str) -> None:
-        try:
-            self.storage.set_trial_user_attr(trial_id, FAILURE_ATTR, reason)
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # already failed elsewhere
+    def _fail(self, number: int, key: str, reason: str) -> None:
+        self.stored.fail(number, {FAILURE_ATTR: reason})  # False: already failed elsewhere
         tqdm.write(f"FAILED {key}: {reason}")
 
-    def _complete(self, trial: optuna.Trial, trial_id: int, key: str, outcome: TaskOutcome,
-                  extra: dict[str, Any]) -> None:
+    def _complete(self, number: int, key: str, outcome: TaskOutcome, extra: dict[str, Any]) -> None:
         """Record the result under the storage lock: on the trial while it is still ours; if another
         worker failed it meanwhile (it judged this worker gone), as a new completed trial when the
         point has none, else not at all. One line either way."""
@@ -299,32 +258,28 @@ class StudyRunner:
         if outcome.rows:
             attrs["rows"] = json.dumps(outcome.rows)
         summary = f"test error {100 * outcome.metrics['test_error']:.2f}% in {extra['wall_seconds']:.0f} s"
-        with exclusive(self.choice, self.storage, self.study.study_name):
+        with self.stored.lock():
             identity = self.identities[key]
             completed = [t.number for t in self.trials() if t.state == TrialState.COMPLETE
                          and t.user_attrs.get(POINT_ATTR) == key and t.user_attrs.get(IDENTITY_ATTR) == identity]
             if completed:
-                self._fail(trial_id, key, f"superseded: the point was completed by trial {completed[0]}")
-                tqdm.write(f"discarded {key} (trial {trial.number}): the point was completed by trial "
+                self._fail(number, key, f"superseded: the point was completed by trial {completed[0]}")
+                tqdm.write(f"discarded {key} (trial {number}): the point was completed by trial "
                            f"{completed[0]} meanwhile")
                 return
-            try:
-                self._set_attrs(trial_id, attrs)
-                self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [outcome.objective])
+            if self.stored.complete(number, outcome.objective, attrs):
                 tqdm.write(f"done {key}: {summary}")
                 return
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker failed it (it judged this one gone): keep the result anyway
-            frozen = self.storage.get_trial(trial_id)
-            self.study.add_trial(optuna.trial.create_trial(
-                state=TrialState.COMPLETE, value=outcome.objective,
-                user_attrs={**{k: v for k, v in frozen.user_attrs.items() if k != FAILURE_ATTR}, **attrs,
-                            "recovered_from_trial": trial.number},
-            ))
-            tqdm.write(f"kept {key}: {summary} (trial {trial.number} was failed by another worker meanwhile; "
+            # Another worker failed it (it judged this one gone): keep the result anyway.
+            frozen = self.stored.trial(number)
+            self.stored.add_completed(outcome.objective, {
+                **{k: v for k, v in frozen.user_attrs.items() if k != FAILURE_ATTR}, **attrs,
+                "recovered_from_trial": number,
+            })
+            tqdm.write(f"kept {key}: {summary} (trial {number} was failed by another worker meanwhile; "
                        "its result is stored as a new completed trial)")
 
-    def _speed_source(self, trial_id: int | None) -> SpeedSource:
+    def _speed_source(self, number: int | None) -> SpeedSource:
         """The CPU speed plan for a run: the one stored with the study for this machine and shape,
         else chosen now (from this machine's cache, or measured) and stored under the storage lock
         (where another worker stored one meanwhile, that one); recorded on the trial."""
@@ -337,29 +292,29 @@ class StudyRunner:
             if choice is None:
                 # Under the lock: workers on one machine wait instead of measuring at once (and
                 # disturbing each other's timings); the first one's choice is everyone's.
-                with exclusive(self.choice, self.storage, self.study.study_name):
+                with self.stored.lock():
                     choice = self._stored_speed_choice(where.key)
                     if choice is None:
                         choice = speed_choice.choose(where)
-                        plans = dict(self.storage.get_study_user_attrs(self.study_id).get(SPEED_PLANS_ATTR, {}))
+                        plans = dict(self.stored.attrs().get(SPEED_PLANS_ATTR, {}))
                         plans[where.key] = choice.to_dict()
-                        self.study.set_user_attr(SPEED_PLANS_ATTR, plans)
+                        self.stored.set_attr(SPEED_PLANS_ATTR, plans)
             if where.key not in self._announced:
                 self._announced.add(where.key)
                 tqdm.write(f"speed paths for {where.sites.describe()}: {choice.plan.describe()} ({choice.why})")
-            if trial_id is not None:
-                self.storage.set_trial_user_attr(trial_id, SPEED_PLAN_ATTR, {**choice.to_dict(), "why": choice.why})
+            if number is not None:
+                self.stored.set_trial_attrs(number, {SPEED_PLAN_ATTR: {**choice.to_dict(), "why": choice.why}})
             return choice.plan
 
         return source
 
     def _stored_speed_choice(self, key: str) -> speed_choice.Choice | None:
-        stored = self.storage.get_study_user_attrs(self.study_id).get(SPEED_PLANS_ATTR, {}).get(key)
+        stored = self.stored.attrs().get(SPEED_PLANS_ATTR, {}).get(key)
         return speed_choice.Choice.from_dict(stored) if stored else None
 
     def _checkpoint_path(self, key: str, identity: str):
         digest = hashlib.sha1(f"{key}|{identity}".encode()).hexdigest()[:16]
-        return self.options.results / "checkpoints" / self.study.study_name / f"{digest}.pt"
+        return self.options.results / "checkpoints" / self.stored.name / f"{digest}.pt"
 
     def _config(self, point: Point, overrides: dict[str, Any] | None = None):
         return self.spec.train_config(
@@ -375,9 +330,8 @@ class StudyRunner:
         profile = self.profile
         if not self.spec.nuisance or profile.nuisance_trials == 0:
             return {}
-        tuning = optuna.create_study(
-            study_name=f"{self.study.study_name}.nuisance.{point.config_key}.{self.identities[point.key]}",
-            storage=self.storage, direction="maximize", load_if_exists=True,
+        tuning = self.stored.sibling(
+            f"{self.stored.name}.nuisance.{point.config_key}.{self.identities[point.key]}", "maximize",
             sampler=optuna.samplers.TPESampler(seed=0),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
         )
@@ -406,4 +360,7 @@ class StudyRunner:
 
 
 def run_study(spec: StudySpec, options: RunOptions) -> dict[str, int]:
-    return StudyRunner(spec, options).run()
+    try:
+        return StudyRunner(spec, options).run()
+    finally:
+        ROBUSTNESS_SETS.clear()  # the next study tests on another set, or on none

@@ -12,30 +12,38 @@
 - `multimnist`: train a two-digit model on generated MultiMNIST; an example is right only when
   both digits are found (the paper's measure), with the per-digit accuracy beside it.
 Each returns the metrics to store on the trial and, optionally, long-form rows.
+
+This module is the glue between a spec's settings and the layers below: the robustness sets and
+the sweeps' edits are data (studies/data/robustness_sets.py), the curve and its checkpoints are
+training (studies/training/curves.py, studies/training/sweep.py), and the training loop counts an
+example right by the rule its split carries (studies/data/splits.py), MultiMNIST's pair rule
+being given here.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
 import models
 from models.fields import ConfigError
-from models.multimnist import MULTIMNIST_SIDE, digit_correct, predict_pair
+from models.multimnist import MULTIMNIST_SIDE, digit_correct, pair_correct, predict_pair
 from models.speed_paths import SpeedPlan
-from studies.data import affnist, affnist_style, augment, multimnist
+from studies.data import affnist_style, multimnist
 from studies.data.datasets import default_data_root
-from studies.data.subsets import stratified_subset
+from studies.data.robustness_sets import LastRobustnessSet, RobustnessSet
+from studies.data.robustness_sets import affnist_set as make_affnist_set
 from studies.spec.schema import AffnistSettings, Curves, MultiMNISTSettings, RotationSettings
 from studies.spec.study import Profile, StudySpec
 from studies.training.config import TrainConfig
-from studies.training.curves import CurveRecorder, Measure, Schedule
+from studies.training.curves import Measure, Schedule, train_curve
 from studies.training.devices import autocast, resolve_device
-from studies.training.train import Split, SpeedSource, TrainResult, build_model, evaluate, load_splits, train
+from studies.training.loop import Split, SpeedSource, TrainResult, evaluate, load_splits, train
+from studies.training.sweep import sweep
 
 
 @dataclass
@@ -101,21 +109,9 @@ def accuracy_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks:
 
 def curve_training(settings: Curves, config: TrainConfig, hooks: TrainHooks, splits: tuple[Split, Split | None, Split],
                    measure: Measure) -> tuple[torch.nn.Module, TrainResult, list[dict[str, Any]]]:
-    """Train the whole budget, recording the validation accuracy and `measure` at checkpoints
-    (studies/training/curves.py); returns the final model, the result and the curve's rows, the
-    last of which is the final model with its clean test accuracy."""
-    if splits[1] is None:
-        raise ConfigError("a robustness curve needs a validation split (val_size > 0)")
+    """`train_curve` (studies/training/curves.py) on the spec's checkpoint schedule."""
     schedule = Schedule(settings.levels, settings.check_every, settings.dense_every, settings.dense_margin)
-    recorder = CurveRecorder(schedule, splits[1], measure, splits[2], config.eval_batch_size, config.bf16)
-    model = build_model(config).to(resolve_device(config.device))
-    # The untrained model, read on validation (no randomness); a resumed run's state replaces it.
-    recorder.start(model)
-    result = train(config, None, model, hooks.checkpoint, splits, check=recorder, speed_plan=hooks.speed_plan)
-    rows = recorder.rows
-    if rows[-1]["test_accuracy"] is None:
-        rows[-1]["test_accuracy"] = result.test_accuracy
-    return model, result, rows
+    return train_curve(config, schedule, splits, measure, hooks.checkpoint, hooks.speed_plan)
 
 
 def curve_metrics(result: TrainResult, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,75 +124,23 @@ def curve_metrics(result: TrainResult, rows: list[dict[str, Any]]) -> dict[str, 
 
 # --- affNIST ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RobustnessSet:
-    split: Split
-    name: str
-    # What the set is made of (its recipe, or the official files' digest) and which subset: its
-    # identity, the same on every machine.
-    recipe: dict[str, Any]
-    # The digest of the images as made here: for information only (a generated set's pixels may
-    # round differently on another CPU or a GPU).
-    output_sha256: str
-    # Which official files were read, relative to the data root (information for the report, not
-    # identity: the archive as downloaded and its extracted files are the same set); "" if generated.
-    files: str = ""
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        """What must match for two trials to have been tested on the same set."""
-        return {"robustness_set": self.name, **self.recipe}
-
-
-_ROBUSTNESS_SETS: dict[tuple, RobustnessSet] = {}
+# A study's trials, and its preflight before them, all test on one robustness set: it is made once
+# and kept on the device while they run, until another set is asked for (or the holder is cleared).
+ROBUSTNESS_SETS = LastRobustnessSet()
 
 
 def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> RobustnessSet:
-    """Official affNIST test files when present under the data root, else the generated set, or
-    a class-stratified random subset of either (`affnist_size`, seeded by the split seed); loaded
-    once per process and settings."""
+    """The profile's affNIST set (studies/data/robustness_sets.py): the official test files when
+    present under the data root, else the generated set, or a class-stratified random subset of
+    either (`affnist_size`, seeded by the split seed)."""
     settings: AffnistSettings = profile.settings
     device = resolve_device(config.device)
+    ranges = affnist_style.AffineRanges(**settings.ranges.model_dump())
+    made_from = (ranges, settings.copies, settings.generator_seed, settings.affnist_size, config.split_seed)
+    # Keyed by the data root as resolved: a changed default root may hold other files.
     root = Path(config.data_root) if config.data_root else default_data_root()
-    key = (str(root), settings.model_dump_json(), config.split_seed, str(device))
-    if key in _ROBUSTNESS_SETS:
-        return _ROBUSTNESS_SETS[key]
-    official = affnist.find_split(root, "test")
-    files = ""
-    if official is not None:
-        images, labels = affnist.load_split(official)
-        name = "affNIST"
-        recipe = {"source": "official affNIST test files",
-                  "source_sha256": affnist_style.source_fingerprint(images, labels)}
-        folder = official.directory.relative_to(root)
-        files = official.found if folder == Path(".") else f"{folder}/{official.found}"
-        tqdm.write(f"affnist: testing on the official affNIST test set, {files} in {root} "
-                   f"({labels.shape[0]} images)")
-    else:
-        # Said before anything trains, not only in REPORT.md: a user who meant to supply the files
-        # learns now that they were not found.
-        tqdm.write(f"affnist: no official affNIST test files in {root / affnist.FOLDER} (test.mat.zip or "
-                   f"test_batches.zip from {affnist.PAGE}, or the .mat files they hold); testing on the "
-                   "generated affNIST-style set instead")
-        ranges = affnist_style.AffineRanges(**settings.ranges.model_dump())
-        generated = affnist_style.mnist_affnist_style(
-            ranges, copies=settings.copies, seed=settings.generator_seed, device=device,
-            root=config.data_root and Path(config.data_root),
-        )
-        images, labels = generated.images, generated.labels
-        name = affnist_style.DESCRIPTION
-        recipe = {"ranges": ranges.as_dict(), "copies": generated.copies, "generator_seed": generated.seed,
-                  "generator_version": affnist_style.GENERATOR_VERSION, "canvas": generated.canvas,
-                  "source_sha256": generated.source_sha256}
-    if settings.affnist_size and settings.affnist_size < labels.shape[0]:
-        index = stratified_subset(labels, settings.affnist_size, config.split_seed)
-        images, labels = images[index], labels[index]
-        recipe["subset"] = {"images": settings.affnist_size, "stratified_seed": config.split_seed}
-    recipe["images"] = int(labels.shape[0])
-    output = affnist_style.source_fingerprint(images.cpu(), labels.cpu())
-    chosen = RobustnessSet(Split(images.unsqueeze(1).to(device), labels.to(device)), name, recipe, output, files)
-    _ROBUSTNESS_SETS[key] = chosen
-    return chosen
+    return ROBUSTNESS_SETS.get((str(root), *made_from, str(device)),
+                                lambda: make_affnist_set(config.data_root, *made_from, device))
 
 
 @task("affnist")
@@ -219,51 +163,13 @@ def affnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: 
 
 # --- rotation and translation sweeps ------------------------------------------------------
 
-def _distinct_edit(transform: str, amount: float) -> tuple[str, float] | None:
-    """The edit a sweep amount makes, once per distinct edit: None for no change (rotation by a
-    multiple of 360 degrees, no shift); rotations in (-180, 180], so -180 and 180 are one edit."""
-    if transform == "rotation":
-        turned = float(amount) % 360.0
-        turned = turned - 360.0 if turned > 180.0 else turned
-        return None if turned == 0.0 else ("rotation", turned)
-    return None if int(amount) == 0 else ("translation", int(amount))
-
-
-def _edit_function(edit: tuple[str, float]) -> Callable[[torch.Tensor], torch.Tensor]:
-    transform, amount = edit
-    if transform == "rotation":
-        def rotated(images):
-            return augment.rotate(images, torch.full((images.shape[0],), amount, device=images.device))
-        return rotated
-
-    def shifted(images):
-        offsets = torch.full((images.shape[0],), int(amount), device=images.device)
-        return augment.shift(images, torch.zeros_like(offsets), offsets, abs(int(amount)))
-    return shifted
-
-
-def sweep(model: torch.nn.Module, split: Split, config: TrainConfig,
-          settings: RotationSettings) -> tuple[list[dict[str, Any]], float]:
-    """Accuracy on the test split at every rotation angle and horizontal shift (zero fill), and on
-    the unchanged split (the clean test accuracy); each distinct edit is evaluated once."""
-    requested = [("rotation", a) for a in settings.angles] + [("translation", s) for s in settings.shifts]
-    accuracies = {None: evaluate(model, split, config.eval_batch_size, bf16=config.bf16)}
-    for transform, amount in requested:
-        edit = _distinct_edit(transform, amount)
-        if edit not in accuracies:
-            accuracies[edit] = evaluate(model, split, config.eval_batch_size, _edit_function(edit), bf16=config.bf16)
-    rows = [{"transform": transform, "amount": amount, "accuracy": accuracies[_distinct_edit(transform, amount)]}
-            for transform, amount in requested]
-    return rows, accuracies[None]
-
-
 @task("rotation")
 def rotation_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks: TrainHooks) -> TaskOutcome:
     settings: RotationSettings = profile.settings
     splits = load_splits(config, resolve_device(config.device))
 
     def measure(model: torch.nn.Module) -> dict[str, Any]:
-        rows, clean = sweep(model, splits[2], config, settings)
+        rows, clean = sweep(model, splits[2], settings.angles, settings.shifts, config.eval_batch_size, config.bf16)
         return {"test_accuracy": clean, "sweep": rows}
 
     _, result, rows = curve_training(settings, config, hooks, splits, measure)
@@ -271,6 +177,18 @@ def rotation_task(spec: StudySpec, profile: Profile, config: TrainConfig, hooks:
 
 
 # --- MultiMNIST: two overlapping digits ------------------------------------------------------
+
+def both_digits_found(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """bool (B,): both digits of the pair among the two highest scores, in either order: the paper's
+    measure, and the rule the MultiMNIST splits carry (`Split.correct`)."""
+    return pair_correct(predict_pair(scores), labels)
+
+
+def each_digit_found(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """bool (B, 2): whether each digit of the pair is among the two highest scores; evaluated, the
+    per-digit accuracy."""
+    return digit_correct(predict_pair(scores.float()), labels)
+
 
 def multimnist_splits(settings: MultiMNISTSettings, config: TrainConfig,
                       device: torch.device) -> tuple[Split, Split, float]:
@@ -282,7 +200,8 @@ def multimnist_splits(settings: MultiMNISTSettings, config: TrainConfig,
         # Another seed for the test set, so the two splits do not share a random stream.
         sets.append(multimnist.mnist_multimnist(split, pairs, settings.generator_seed + seed_offset, device,
                                                 config.data_root, limit, subset_seed=config.split_seed))
-    as_split = [Split(s.images.unsqueeze(1).to(device), s.labels.to(device), s.targets.to(device)) for s in sets]
+    as_split = [Split(s.images.unsqueeze(1).to(device), s.labels.to(device), s.targets.to(device),
+                      correct=both_digits_found) for s in sets]
     return as_split[0], as_split[1], multimnist.mean_overlap(sets[1])
 
 
@@ -319,15 +238,8 @@ def multimnist_task(spec: StudySpec, profile: Profile, config: TrainConfig, hook
     model = models.create(config.model, in_channels=1, input_size=MULTIMNIST_SIDE, **config.model_options)
     result = train(config, None, model, hooks.checkpoint, (train_split, None, test_split),
                    speed_plan=hooks.speed_plan)
-    digits = torch.zeros((), dtype=torch.long, device=device)
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(test_split), config.eval_batch_size):
-            images = test_split.images[start : start + config.eval_batch_size].float().div(255.0)
-            with autocast(device, config.bf16):
-                scores = model(images).scores.float()
-            digits += digit_correct(predict_pair(scores), test_split.labels[start : start + config.eval_batch_size]).sum()
-    digit_accuracy = digits.item() / (2 * len(test_split))
+    digit_accuracy = evaluate(model, dataclasses.replace(test_split, correct=each_digit_found),
+                              config.eval_batch_size, bf16=config.bf16)
     metrics = train_metrics(result)  # test_accuracy: both digits right, the paper's measure
     metrics.update(digit_accuracy=digit_accuracy, digit_error=1.0 - digit_accuracy, mean_overlap=overlap,
                    train_pairs=len(train_split), test_pairs=len(test_split))

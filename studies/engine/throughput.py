@@ -5,7 +5,7 @@ import re
 
 from tqdm.auto import tqdm
 
-from studies.engine.runner import RunOptions
+from studies.run_options import RunOptions
 from studies.spec.study import StudySpec
 
 
@@ -20,8 +20,8 @@ def run_throughput(spec: StudySpec, options: RunOptions) -> dict[str, int]:
     Tables are named after the machine (the CPU's model or the GPU's name): a table this profile
     already holds for this machine and dtype is kept (delete it to re-measure); one measured on
     another machine is never taken for this one's, and never replaced."""
-    from bench.run import BenchOptions, run_benchmark, write_tables
-    from studies.engine.storage import ensure_writable
+    from bench.benchmark import BenchOptions, run_benchmark, write_tables
+    from studies.results_location import ensure_writable
     from studies.training.devices import bf16_supported, machine_name, resolve_device
 
     out = ensure_writable(options.results)

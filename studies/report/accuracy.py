@@ -12,10 +12,9 @@ from studies.data import datasets
 from studies.report import effects as fx
 from studies.report import stats
 from studies.report.figures import markdown, save_figure, write_table_files
-from studies.report.findings import budget_phrase, primary_findings
 from studies.report.paper import table1_value
-from studies.report.section import Section, empty_section, left_out_lines
-from studies.report.trials import StudyTrials, budget_lines, failure_lines, file_stem, files_line
+from studies.report.section import Comparisons, Section, SectionParts, study_section
+from studies.report.trials import StudyTrials
 
 PARAM_TITLES = {"routing_iters": "Routing", "recon_weight": "Reconstruction", "augmentation": "Augmentation"}
 MODEL_ORDER = {"cnn_paper": 0, "cnn_pool": 1, "capsnet": 2}
@@ -118,10 +117,13 @@ def error_figure(frame: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def accuracy_section(trials: StudyTrials, out: Path) -> Section:
+    return study_section(trials, out, accuracy_parts)
+
+
+def accuracy_parts(trials: StudyTrials, out: Path, stem: str) -> SectionParts:
+    """Table 1 with seed statistics (CSV, Markdown, LaTeX), its figure, and the paired effects of
+    every scientific factor and of CapsNet against the CNNs on the test error."""
     spec, options, frame = trials.spec, trials.options, trials.frame
-    if frame.empty:
-        return empty_section(spec)
-    stem = file_stem(spec)
     params = ordered_parameters([c for c in trials.scientific if c in frame])
     table = summary(trials)
     shown = display(table, params)
@@ -133,26 +135,15 @@ def accuracy_section(trials: StudyTrials, out: Path) -> Section:
     error_figure(frame, figure, f"{spec.title}\n{spec.dataset}, profile {options.profile}")
     effects, missing = fx.mark_primary(fx.factor_effects(frame, spec, trials.scientific, TEST_ERROR)
                                        + fx.model_effects(frame, trials.scientific, TEST_ERROR), spec)
-    files += fx.write_effects(effects, out, stem, f"{spec.title}: paired effects on test error "
-                                                  f"({options.profile} profile)")
-    lines = [*budget_lines(trials), *convention_lines(trials), *left_out_lines(trials), "",
-             markdown(shown), "",
-             "Test error in %: mean over seeds, sample standard deviation (n - 1) and 95% confidence interval "
-             f"of the mean from Student's t, on {_test_set(trials)}; validation error on the validation split held "
-             "out from the training images (a class-stratified random subset), beside it. Paper values are from the paper's own protocol (full MNIST, "
-             "shifts of up to 2 px, ~300k steps) and are shown for orientation, not as a like-for-like "
-             "comparison.", "", f"![test error per configuration]({files[4].name})", "",
-             "### Paired effects", "", markdown(fx.display_table(effects)), "", fx.EXPLANATION, ""]
-    unresolved = fx.unresolved_sentences(effects, standard_hint(trials))
-    if unresolved:
-        lines += ["Not resolved at this budget:", "", *unresolved, ""]
-    if len(effects):
-        lines += [f"![paired effects]({stem}-effects.png)", ""]
-    lines += failure_lines(trials)
-    lines.append(files_line(files))
-    where = f"{spec.title} on {spec.dataset} ({budget_phrase(trials)})"
-    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files,
-                   findings=primary_findings(trials, effects, missing), findings_heading=where)
+    body = [markdown(shown), "",
+            "Test error in %: mean over seeds, sample standard deviation (n - 1) and 95% confidence interval "
+            f"of the mean from Student's t, on {_test_set(trials)}; validation error on the validation split held "
+            "out from the training images (a class-stratified random subset), beside it. Paper values are from the paper's own protocol (full MNIST, "
+            "shifts of up to 2 px, ~300k steps) and are shown for orientation, not as a like-for-like "
+            "comparison.", "", f"![test error per configuration]({figure.name})", ""]
+    return SectionParts(Comparisons(effects, missing, "### Paired effects", "paired effects on test error"),
+                        body, files, recipe=convention_lines(trials),
+                        findings_subject=f"{spec.title} on {spec.dataset}")
 
 
 def _test_set(trials: StudyTrials) -> str:
@@ -162,16 +153,11 @@ def _test_set(trials: StudyTrials) -> str:
     return f"the whole test set ({count} images)" if sizes == [whole] else f"a class-stratified random {count} test images"
 
 
-def standard_hint(trials: StudyTrials) -> str:
-    others = [p for p in ("standard", "paper") if p in trials.spec.profiles and p != trials.options.profile]
-    return f"the {' or '.join(others)} profile's larger budget" if others else "a larger budget"
-
-
 def convention_lines(trials: StudyTrials) -> list[str]:
     """Which margin-loss convention CapsNet trials used: it sets how much reconstruction weighs."""
     conventions = sorted({
         t.user_attrs.get("config", {}).get("model_options", {}).get("margin_convention", "paper")
-        for t in trials.study.get_trials(deepcopy=False) if t.user_attrs.get("point") in set(trials.frame["point"])
+        for t in trials.stored if t.user_attrs.get("point") in set(trials.frame["point"])
         and t.user_attrs.get("values", {}).get("model") == "capsnet"
     })
     if not conventions:

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 
 import models
-from studies.engine.runner import RunOptions
+from studies.run_options import RunOptions
 from studies.report.accuracy import accuracy_section
 from studies.report.findings import CLOSING
 from studies.report.multimnist import multimnist_section

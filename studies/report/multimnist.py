@@ -15,12 +15,11 @@ import pandas as pd
 
 from studies.report import effects as fx
 from studies.report import stats
-from studies.report.accuracy import PARAM_TITLES, _ci, _display, _sort_key, ordered_parameters, standard_hint
+from studies.report.accuracy import PARAM_TITLES, _ci, _display, _sort_key, ordered_parameters
 from studies.report.figures import markdown, save_figure, write_table_files
-from studies.report.findings import budget_phrase, primary_findings
 from studies.report.paper import multimnist_value
-from studies.report.section import Section, empty_section, left_out_lines
-from studies.report.trials import StudyTrials, budget_lines, failure_lines, file_stem, files_line
+from studies.report.section import Comparisons, Section, SectionParts, study_section
+from studies.report.trials import StudyTrials
 from studies.spec.study import REFERENCE_MODELS
 
 REFERENCE = REFERENCE_MODELS[1]
@@ -67,7 +66,7 @@ def reconstruction_figure(trials: StudyTrials, path: Path) -> bool:
     """For the first test pairs: the input, then each CapsNet configuration with reconstruction
     (its first seed): digit 1 in red, digit 2 in green, overlaid as in the paper's Figure 5."""
     columns = []
-    for trial in trials.study.get_trials(deepcopy=False):
+    for trial in trials.stored:
         if trial.number not in set(trials.frame["trial"]):
             continue
         values = trial.user_attrs["values"]
@@ -98,10 +97,13 @@ def reconstruction_figure(trials: StudyTrials, path: Path) -> bool:
 
 
 def multimnist_section(trials: StudyTrials, out: Path) -> Section:
+    return study_section(trials, out, multimnist_parts)
+
+
+def multimnist_parts(trials: StudyTrials, out: Path, stem: str) -> SectionParts:
+    """The generated data, the pair-error table with seed statistics (CSV, Markdown, LaTeX), the
+    paired effects on the pair error, and the reconstructions after them."""
     spec, options, frame = trials.spec, trials.options, trials.frame
-    if frame.empty:
-        return empty_section(spec)
-    stem = file_stem(spec)
     params = ordered_parameters([c for c in trials.scientific if c in frame])
     table = summary(trials)
     shown = display(table, params)
@@ -111,28 +113,20 @@ def multimnist_section(trials: StudyTrials, out: Path) -> Section:
     files = write_table_files(table, frame, shown, out, stem, "table1",
                               f"{spec.title} ({options.profile} profile); pair error: mean, sample sd and 95\\% t "
                               "interval over seeds.")
-    files += fx.write_effects(effects, out, stem, f"{spec.title}: paired effects on the pair error "
-                                                  f"({options.profile} profile)")
-    figure = out / f"{stem}-reconstructions.png"
     overlap = frame["mean_overlap"].mean()
-    lines = [*budget_lines(trials), *left_out_lines(trials),
-             f"- data: **MultiMNIST (generated)**, the official recipe (each digit padded to 36x36 and shifted by up "
-             f"to 4 px, a partner of another class, overlaid as min(a + b, 255)); {int(frame['train_pairs'].iloc[0]):,} "
-             f"training and {int(frame['test_pairs'].iloc[0]):,} test pairs; mean overlap of the digits' bounding boxes "
-             f"{100 * overlap:.1f}% of the smaller box (the paper quotes about 80%)", "",
-             markdown(shown), "",
-             "Pair error: an example counts as right only when both digits are found (the paper's measure); digit "
-             "error: each digit on its own. The paper's values (8.1 / 7.5 / 5.2) come from 60M training pairs; they "
-             "are shown for orientation, not as a like-for-like comparison.", "",
-             "### Paired effects", "", markdown(fx.display_table(effects)), "", fx.EXPLANATION, ""]
-    unresolved = fx.unresolved_sentences(effects, standard_hint(trials))
-    if unresolved:
-        lines += ["Not resolved at this budget:", "", *unresolved, ""]
-    if reconstruction_figure(trials, figure):
-        files.append(figure)
-        lines += [f"![reconstructions]({figure.name})", ""]
-    lines += failure_lines(trials)
-    lines.append(files_line(files))
-    where = f"{spec.title} ({budget_phrase(trials)})"
-    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files,
-                   findings=primary_findings(trials, effects, missing), findings_heading=where)
+    data = (f"- data: **MultiMNIST (generated)**, the official recipe (each digit padded to 36x36 and shifted by up "
+            f"to 4 px, a partner of another class, overlaid as min(a + b, 255)); {int(frame['train_pairs'].iloc[0]):,} "
+            f"training and {int(frame['test_pairs'].iloc[0]):,} test pairs; mean overlap of the digits' bounding boxes "
+            f"{100 * overlap:.1f}% of the smaller box (the paper quotes about 80%)")
+    body = [markdown(shown), "",
+            "Pair error: an example counts as right only when both digits are found (the paper's measure); digit "
+            "error: each digit on its own. The paper's values (8.1 / 7.5 / 5.2) come from 60M training pairs; they "
+            "are shown for orientation, not as a like-for-like comparison.", ""]
+    figure = out / f"{stem}-reconstructions.png"
+    drawn = reconstruction_figure(trials, figure)
+    # The reconstructions follow the comparisons where the other kinds embed the effects figure.
+    comparisons = Comparisons(effects, missing, "### Paired effects", "paired effects on the pair error",
+                              show_figure=False)
+    return SectionParts(comparisons, body, files, protocol=[data],
+                        closing=[f"![reconstructions]({figure.name})", ""] if drawn else [],
+                        closing_files=[figure] if drawn else [])

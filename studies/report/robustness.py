@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -25,13 +26,12 @@ import seaborn as sns
 
 from studies.report import effects as fx
 from studies.report import stats
-from studies.report.accuracy import PARAM_TITLES, PERCENT, standard_hint
+from studies.report.accuracy import PARAM_TITLES, PERCENT
 from studies.report.figures import markdown, save_figure, write_formatted, write_table_files
-from studies.report.findings import budget_phrase, primary_findings
 from studies.report.paper import AFFNIST_ACCURACY
-from studies.report.section import Section, empty_section, left_out_lines
+from studies.report.section import Comparisons, Section, SectionParts, study_section
 from studies.report.speeds import speed_lines
-from studies.report.trials import StudyTrials, budget_lines, failure_lines, file_stem, files_line
+from studies.report.trials import StudyTrials
 from studies.training.curves import first_crossing, interpolate
 
 CLEAN = fx.Metric("test_accuracy", "clean test accuracy %", lower_is_better=False)
@@ -77,7 +77,7 @@ def auc(amounts: np.ndarray, accuracy: np.ndarray) -> float:
 
 def _stored_rows(trials: StudyTrials):
     """(trial row of the frame, its checkpoint rows) for every completed trial in the tables."""
-    by_number = {t.number: t for t in trials.study.get_trials(deepcopy=False)}
+    by_number = {t.number: t for t in trials.stored}
     for _, trial in trials.frame.iterrows():
         stored = by_number[int(trial["trial"])]
         yield trial, json.loads(stored.user_attrs.get("rows", "[]"))
@@ -268,11 +268,32 @@ def _write_curves(trials: StudyTrials, out: Path, stem: str, curves: pd.DataFram
     return files
 
 
+@dataclass
+class AlongCurves:
+    """What both robustness sections build from their curves: the comparisons at each level, the
+    tables at the levels, at the end of the budget and at the first checkpoint at or above each
+    level, and the files written for them."""
+    comparisons: Comparisons
+    table: pd.DataFrame
+    end: pd.DataFrame
+    secondary: pd.DataFrame
+    files: list[Path]
+
+    def lines(self, stem: str, note: str, speeds: list[str], secondary_note: list[str]) -> list[str]:
+        """The levels table with the kind's note and the curves figure, the end of the budget, the
+        kind's speed lines, and the secondary view with the kind's note on it."""
+        return ["#### At equal clean accuracy", "", markdown(self.table), "", note, "",
+                f"![robustness against clean accuracy]({stem}-curves.png)", "",
+                "#### At the end of the budget", "", markdown(self.end), "",
+                *speeds,
+                "#### Secondary view: the first checkpoint at or above each level", "",
+                markdown(self.secondary), "", *secondary_note]
+
+
 def _compared_along_curves(trials: StudyTrials, out: Path, stem: str, curves: pd.DataFrame,
-                           metrics: list[fx.Metric], paper: bool):
-    """What both robustness sections build from their curves: the levels frame, the effects at each
-    level (and the declared comparisons they leave unanswered), the table at the levels and the one
-    at the end of the budget, and the files written so far."""
+                           metrics: list[fx.Metric], paper: bool) -> AlongCurves:
+    """The tables at the levels and at the end of the budget, the curves and the comparisons at each
+    level, with the files of all but the comparisons (the section skeleton writes those)."""
     spec, options, frame = trials.spec, trials.options, trials.frame
     levels = level_frame(trials, curves, [m.column for m in metrics])
     effects, missing = level_effects(trials, levels, metrics)
@@ -283,61 +304,46 @@ def _compared_along_curves(trials: StudyTrials, out: Path, stem: str, curves: pd
                               "mean and 95\\% t interval over the seeds whose curve reached it.")
     files += _write_curves(trials, out, stem, curves, levels, metrics)
     files += write_formatted(end, out, f"{stem}-end", f"{spec.title}: the end of the budget ({options.profile} profile)")
-    return levels, effects, missing, table, end, files
-
-
-def _comparison_lines(trials: StudyTrials, effects: pd.DataFrame, stem: str) -> list[str]:
-    lines = ["### Paired differences at equal clean accuracy", "", markdown(fx.display_table(effects)), "",
-             fx.EXPLANATION, ""]
-    unresolved = fx.unresolved_sentences(effects, standard_hint(trials))
-    if unresolved:
-        lines += ["Exploratory comparisons not resolved:", "", *unresolved, ""]
-    if len(effects):
-        lines += [f"![paired effects]({stem}-effects.png)", ""]
-    return lines
+    comparisons = Comparisons(effects, missing, "### Paired differences at equal clean accuracy",
+                              "paired differences at equal clean accuracy",
+                              unresolved_heading="Exploratory comparisons not resolved:")
+    return AlongCurves(comparisons, table, end, secondary_table(trials, levels, metrics), files)
 
 
 def affnist_section(trials: StudyTrials, out: Path) -> Section:
-    spec, options, frame = trials.spec, trials.options, trials.frame
-    if frame.empty:
-        return empty_section(spec)
-    stem = file_stem(spec)
+    return study_section(trials, out, affnist_parts)
+
+
+def affnist_parts(trials: StudyTrials, out: Path, stem: str) -> SectionParts:
+    """The robustness set, and CapsNet against the CNNs on it at equal clean accuracy."""
+    frame = trials.frame
     set_names = sorted(frame["robustness_set"].unique())
     set_label = " / ".join(set_names)
     metrics = [fx.Metric("affnist_accuracy", f"{set_label} accuracy %", lower_is_better=False)]
     curves, _ = curve_frames(trials)
-    levels, effects, missing, table, end, files = _compared_along_curves(trials, out, stem, curves, metrics,
-                                                                         paper=True)
-    files += fx.write_effects(effects, out, stem, f"{spec.title}: paired differences at equal clean accuracy "
-                                                  f"({options.profile} profile)")
-    first = next(t for t in trials.study.get_trials(deepcopy=False) if t.number == int(frame["trial"].iloc[0]))
+    compared = _compared_along_curves(trials, out, stem, curves, metrics, paper=True)
+    first = next(t for t in trials.stored if t.number == int(frame["trial"].iloc[0]))
     details = json.dumps(first.user_attrs["metrics"]["robustness_details"])
-    lines = [*budget_lines(trials), *left_out_lines(trials), *_curve_lines(trials),
-             f"- robustness test set: **{', '.join(set_names)}** ({details})", "",
-             "#### At equal clean accuracy", "", markdown(table), "",
-             "Each model trains the whole budget on expanded MNIST (digits placed at random on a 40x40 canvas); at "
-             "checkpoints its accuracy on the validation split and, at the same weights, on the robustness set are "
-             "recorded. At each level, every seed's robustness is interpolated between the two checkpoints whose "
-             "validation readings bracket the level (the first crossing), and so is its clean test accuracy "
-             "(measured at those checkpoints). The paper early-stopped on its test set; here nothing is chosen by "
-             "reading the test set or the robustness set. The paper's 79% / 66% are for the official affNIST at "
-             "99.2% clean accuracy and stand beside no lower level.", "",
-             f"![robustness against clean accuracy]({stem}-curves.png)", "",
-             "#### At the end of the budget", "", markdown(end), "",
-             "#### Secondary view: the first checkpoint at or above each level", "",
-             markdown(secondary_table(trials, levels, metrics)), "",
-             "A single-crossing match takes the first checkpoint whose noisy validation reading reaches the level: "
-             "it selects on that noise, by an amount that depends on how fast each model learns, so it is shown "
-             "for comparison only.", ""]
+    body = compared.lines(
+        stem,
+        "Each model trains the whole budget on expanded MNIST (digits placed at random on a 40x40 canvas); at "
+        "checkpoints its accuracy on the validation split and, at the same weights, on the robustness set are "
+        "recorded. At each level, every seed's robustness is interpolated between the two checkpoints whose "
+        "validation readings bracket the level (the first crossing), and so is its clean test accuracy "
+        "(measured at those checkpoints). The paper early-stopped on its test set; here nothing is chosen by "
+        "reading the test set or the robustness set. The paper's 79% / 66% are for the official affNIST at "
+        "99.2% clean accuracy and stand beside no lower level.",
+        speeds=[],
+        secondary_note=[
+            "A single-crossing match takes the first checkpoint whose noisy validation reading reaches the level: "
+            "it selects on that noise, by an amount that depends on how fast each model learns, so it is shown "
+            "for comparison only.", ""])
     if any("style" in name for name in set_names):
-        lines += ["The robustness set here is generated, not the official affNIST: its numbers are not "
-                  "comparable with the paper's affNIST results.", ""]
-    lines += _comparison_lines(trials, effects, stem)
-    lines += failure_lines(trials)
-    lines.append(files_line(files))
-    where = f"{spec.title} ({set_label}; {budget_phrase(trials)})"
-    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files,
-                   findings=primary_findings(trials, effects, missing), findings_heading=where)
+        body += ["The robustness set here is generated, not the official affNIST: its numbers are not "
+                 "comparable with the paper's affNIST results.", ""]
+    robustness_set = f"- robustness test set: **{', '.join(set_names)}** ({details})"
+    return SectionParts(compared.comparisons, body, compared.files, protocol=[*_curve_lines(trials), robustness_set],
+                        findings_data=set_label)
 
 
 def sweep_at_level(trials: StudyTrials, curves: pd.DataFrame, sweep: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
@@ -374,31 +380,30 @@ def sweep_figure(sweep: pd.DataFrame, transform: str, path: Path, xlabel: str, t
 
 
 def rotation_section(trials: StudyTrials, out: Path) -> Section:
-    spec, options, frame = trials.spec, trials.options, trials.frame
-    if frame.empty:
-        return empty_section(spec)
-    stem = file_stem(spec)
+    return study_section(trials, out, rotation_parts)
+
+
+def rotation_parts(trials: StudyTrials, out: Path, stem: str) -> SectionParts:
+    """The rotation and translation sweeps' AUCs at equal clean accuracy, the training speeds, and
+    each sweep at the highest level every trial reached."""
+    spec, options = trials.spec, trials.options
     metrics = [fx.Metric("rotation_auc", "rotation AUC %", False), fx.Metric("translation_auc", "translation AUC %", False)]
     curves, sweep = curve_frames(trials)
-    levels, effects, missing, table, end, files = _compared_along_curves(trials, out, stem, curves, metrics,
-                                                                         paper=False)
+    compared = _compared_along_curves(trials, out, stem, curves, metrics, paper=False)
+    files = compared.files
     at_level, level = sweep_at_level(trials, curves, sweep)
     sweep_file = out / f"{stem}-sweep.csv"
     sweep.drop(columns=["trial", "point"]).to_csv(sweep_file, index=False)
     files.append(sweep_file)
     where_swept = (f"interpolated at {100 * level:g}% validation accuracy, the highest level every trial reached"
                    if level is not None else "at the end of the budget (no level was reached by every trial)")
-    lines = [*budget_lines(trials), *left_out_lines(trials), *_curve_lines(trials), "",
-             "#### At equal clean accuracy", "", markdown(table), "",
-             "AUC: a checkpoint's mean accuracy over the whole sweep (trapezoid rule), on the test subset; the clean "
-             "test accuracy is the sweep's unchanged point. At each level every seed's values are interpolated "
-             "between the two checkpoints whose validation readings bracket it (the first crossing). Nothing is "
-             "chosen by reading the test set.", "",
-             f"![robustness against clean accuracy]({stem}-curves.png)", "",
-             "#### At the end of the budget", "", markdown(end), "",
-             *speed_lines(trials),
-             "#### Secondary view: the first checkpoint at or above each level", "",
-             markdown(secondary_table(trials, levels, metrics)), ""]
+    lines = compared.lines(
+        stem,
+        "AUC: a checkpoint's mean accuracy over the whole sweep (trapezoid rule), on the test subset; the clean "
+        "test accuracy is the sweep's unchanged point. At each level every seed's values are interpolated "
+        "between the two checkpoints whose validation readings bracket it (the first crossing). Nothing is "
+        "chosen by reading the test set.",
+        speeds=speed_lines(trials), secondary_note=[])
     for transform, unit, xlabel in [
         ("rotation", "degrees", "rotation of the test digits (degrees, counter-clockwise)"),
         ("translation", "px", "horizontal shift of the test digits (pixels, zero fill)"),
@@ -411,11 +416,4 @@ def rotation_section(trials: StudyTrials, out: Path) -> Section:
         files.append(png)
         lines += [f"#### {transform.capitalize()} sweep", "", f"Amounts ({unit}): {amounts}; {where_swept}.", "",
                   f"![{transform} sweep]({png.name})", ""]
-    files += fx.write_effects(effects, out, stem, f"{spec.title}: paired differences at equal clean accuracy "
-                                                  f"({options.profile} profile)")
-    lines += _comparison_lines(trials, effects, stem)
-    lines += failure_lines(trials)
-    lines.append(files_line(files))
-    where = f"{spec.title} ({budget_phrase(trials)})"
-    return Section(f"{spec.title} — {spec.dataset}", "\n".join(lines) + "\n", files,
-                   findings=primary_findings(trials, effects, missing), findings_heading=where)
+    return SectionParts(compared.comparisons, lines, files, protocol=_curve_lines(trials))

@@ -1,18 +1,30 @@
 """The stored trials of one study as tables: the completed trials of the current spec and budget
-(one row per grid point x seed), what was superseded, and the points that failed for good."""
+(one row per grid point x seed), what was superseded, and the points that failed for good.
+
+Read from the storage alone: the spec names the points, and the identities of their current
+trials are the ones the engine stored with the study when it last ran it. Nothing here prepares
+data, picks a device or opens the study for writing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from studies.data import datasets
-from studies.engine.bookkeeping import IDENTITY_ATTR, POINT_ATTR, VALUES_ATTR, final_failures
-from studies.engine.runner import RunOptions, StudyRunner
+from studies.run_options import RunOptions
 from studies.spec.study import StudySpec
+from studies.store.records import (
+    IDENTITIES_ATTR,
+    IDENTITY_ATTR,
+    POINT_ATTR,
+    RETRY_ATTR,
+    VALUES_ATTR,
+    final_failures,
+    study_name,
+)
+from studies.store.storage import StoredStudy, choose_storage
 
 HIDDEN_METRICS = ("history", "robustness_details")
 
@@ -21,7 +33,8 @@ HIDDEN_METRICS = ("history", "robustness_details")
 class StudyTrials:
     spec: StudySpec
     options: RunOptions
-    study: optuna.Study
+    # every trial stored for the study, in number order
+    stored: list[FrozenTrial]
     # completed trials of the current points and identities, one per point
     frame: pd.DataFrame
     # the model's scientific parameters of the spec (table columns), in the spec's order
@@ -43,18 +56,35 @@ def file_stem(spec: StudySpec) -> str:
     return spec.name if spec.dataset == "mnist" else f"{spec.name}-{spec.dataset}"
 
 
+def current_identities(attrs: dict, trials: list[FrozenTrial], points: set[str]) -> dict[str, str]:
+    """Per point, the identity its current trials carry: as the engine stored it with the study;
+    for a study stored before the engine kept them, the identity of the point's newest trial (the
+    one its last run enqueued)."""
+    stored = attrs.get(IDENTITIES_ATTR)
+    if stored is not None:
+        return {key: stored[key] for key in points if key in stored}
+    newest = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        key = trial.user_attrs.get(POINT_ATTR)
+        if key in points and IDENTITY_ATTR in trial.user_attrs:
+            newest[key] = trial.user_attrs[IDENTITY_ATTR]
+    return newest
+
+
 def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
-    runner = StudyRunner(spec, options, announce=False)
-    trials = runner.trials()
+    points = {p.key for p in spec.points(options.profile)}
+    stored = StoredStudy.read(choose_storage(options.storage, options.results), study_name(spec, options.profile))
+    trials, attrs = (stored.trials(), stored.attrs()) if stored is not None else ([], {})
+    identities = current_identities(attrs, trials, points)
     rows, superseded, outside = [], 0, 0
     for trial in trials:
         key = trial.user_attrs.get(POINT_ATTR)
         if trial.state != TrialState.COMPLETE or key is None:
             continue
-        if key not in runner.points:
+        if key not in points:
             outside += 1
             continue
-        if trial.user_attrs.get(IDENTITY_ATTR) != runner.identities[key]:
+        if trial.user_attrs.get(IDENTITY_ATTR) != identities.get(key):
             superseded += 1
             continue
         config = trial.user_attrs.get("config", {})
@@ -79,11 +109,11 @@ def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
         frame = frame.sort_values("trial").drop_duplicates(subset="point", keep="first").reset_index(drop=True)
         if "routing_iters" in frame:  # missing for CNN rows; keep the column integer
             frame["routing_iters"] = frame["routing_iters"].astype("Int64")
-    failed = final_failures(trials, runner.identities, runner.retry_marks())
+    failed = final_failures(trials, identities, attrs.get(RETRY_ATTR, {}))
     scientific = []
     for arm in spec.arms:
         scientific += [name for name in spec.scientific_names(arm.model) if name not in scientific]
-    return StudyTrials(spec, options, runner.study, frame, scientific, superseded, outside, pd.DataFrame(failed))
+    return StudyTrials(spec, options, trials, frame, scientific, superseded, outside, pd.DataFrame(failed))
 
 
 def _values(frame: pd.DataFrame, column: str) -> str:

@@ -1,4 +1,4 @@
-"""Study specs: the TOML files of studies/specs/ (or the user's own), loaded into typed, validated
+"""Study specs: the TOML files of studies/builtin/ (or the user's own), loaded into typed, validated
 dataclasses (`study`): arms, scientific, nuisance and fixed parameters, profiles, and the grid
 points a profile trains.
 """

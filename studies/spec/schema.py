@@ -180,8 +180,8 @@ class ProfileTable(BaseModel):
     # One model's values of scientific parameters, in place of `grid`'s for that model (e.g. model_grid
     # = { cnn_pool = { augmentation = ["shift2"] } } keeps the augmentation comparison for CapsNet only).
     model_grid: dict[str, dict[str, Annotated[list[Any], MinLen(1)]]] = {}
-    # Kind-specific settings for this profile (override the spec's [settings]).
-    extra: dict[str, Any] = {}
+    # The study kind's settings for this profile, over the spec's [settings].
+    settings: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _distinct_seeds(self):
@@ -235,7 +235,7 @@ def kind_settings(kind: str, values: dict[str, Any]) -> Strict:
 
 
 def merged_settings(kind: str, base: dict[str, Any], overrides: dict[str, Any]) -> Strict:
-    """A profile's `extra` over the spec's [settings], one level deep for tables."""
+    """A profile's `settings` over the spec's [settings], one level deep for tables."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):

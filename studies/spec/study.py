@@ -31,7 +31,7 @@ from studies.spec.schema import first_problem, merged_settings
 from studies.training.config import TrainConfig
 from studies.training.devices import bf16_supported, resolve_device
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPEC_DIR = Path(__file__).resolve().parent.parent / "builtin"
 STUDY_KINDS = tuple(schema.KIND_SETTINGS)
 # Training parameters a study may set; the others belong to the engine (which model, seed, data
 # location, device, progress bars) or to how a run executes (compilation, determinism).
@@ -106,7 +106,7 @@ class Profile:
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     # One model's values of scientific parameters, in place of `grid`'s for that model.
     model_grid: dict[str, dict[str, tuple[Any, ...]]] = field(default_factory=dict)
-    # The study kind's settings for this profile ([settings] with the profile's `extra` over it).
+    # The study kind's settings for this profile ([settings] with the profile's `settings` over it).
     settings: schema.Strict = field(default_factory=schema.NoSettings)
 
     def arm_grid(self, arm: Arm) -> dict[str, tuple[Any, ...]]:
@@ -233,7 +233,7 @@ def spec_path(name_or_path: str) -> Path:
 
 
 def load_spec(name_or_path: str, dataset: str | None = None) -> StudySpec:
-    """A built-in study by name (studies/specs/<name>.toml) or a spec file by path; `dataset`
+    """A built-in study by name (studies/builtin/<name>.toml) or a spec file by path; `dataset`
     overrides the spec's own (an error where the study does not support it)."""
     path = spec_path(name_or_path)
     try:
@@ -319,7 +319,7 @@ def _profile(name: str, table: schema.ProfileTable, spec: schema.SpecFile) -> Pr
         nuisance_trials=table.nuisance_trials,
         per_model={model: dict(values) for model, values in table.per_model.items()},
         model_grid={model: {k: tuple(v) for k, v in grid.items()} for model, grid in table.model_grid.items()},
-        settings=merged_settings(spec.kind, spec.settings, table.extra),
+        settings=merged_settings(spec.kind, spec.settings, table.settings),
     )
 
 
@@ -495,7 +495,7 @@ class _Checker:
                 self.fail(where, f"test_size {size}: a test subset has at least {MIN_SUBSET} images")
         robustness = getattr(profile.settings, "affnist_size", None)
         if robustness is not None and robustness < MIN_SUBSET:
-            self.fail(f"{where}.extra", f"affnist_size {robustness}: a robustness subset has at least "
+            self.fail(f"{where}.settings", f"affnist_size {robustness}: a robustness subset has at least "
                                         f"{MIN_SUBSET} images")
 
     def grid(self, grid: dict[str, tuple[Any, ...]], arms: list[Arm], where: str) -> None:
@@ -515,7 +515,7 @@ class _Checker:
                 self.fail(where, f"{key!r} is a scientific parameter; restrict its values with grid instead")
             if key not in TRAIN_KEYS:
                 self.fail(where, f"unknown key {key!r}; a profile sets seeds, models, grid, nuisance_trials, "
-                                 f"per_model, model_grid, extra and training parameters ({', '.join(TRAIN_KEYS)})")
+                                 f"per_model, model_grid, settings and training parameters ({', '.join(TRAIN_KEYS)})")
             if key == "bf16" and value == BF16_AUTO:
                 continue
             try:

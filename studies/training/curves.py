@@ -12,17 +12,23 @@ Taori et al. 2020 and Miller et al. 2021, with the CNN's curve as the baseline.
 
 Which checkpoints are taken, and which ones bracket a level, is decided from validation readings
 alone (`Schedule`, `first_crossing`); the robustness measures and the test split never reach
-those decisions.
+those decisions. `CurveRecorder` records the curve during training, `train_curve` trains a model
+the whole budget with one, and `interpolate` reads a curve at a level.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from studies.training.train import Progress, Split, evaluate
+from models.fields import ConfigError
+from models.speed_paths import SpeedPlan
+from studies.training.config import TrainConfig
+from studies.training.devices import resolve_device
+from studies.training.loop import Progress, SpeedSource, Split, TrainResult, build_model, evaluate, train
 
 
 @dataclass(frozen=True)
@@ -138,4 +144,24 @@ class CurveRecorder:
         self.previous_weights = state["previous_weights"]
 
 
-__all__ = ["CurveRecorder", "Schedule", "first_crossing", "interpolate"]
+def train_curve(config: TrainConfig, schedule: Schedule, splits: tuple[Split, Split | None, Split], measure: Measure,
+                checkpoint: Path | None = None, speed_plan: SpeedPlan | SpeedSource | None = None,
+                ) -> tuple[torch.nn.Module, TrainResult, list[dict[str, Any]]]:
+    """Train the whole budget, recording the validation accuracy and `measure` at the checkpoints
+    `schedule` takes (`CurveRecorder`); returns the final model, the result and the curve's rows,
+    the last of which is the final model with its clean test accuracy. `checkpoint` and
+    `speed_plan` are `train`'s."""
+    if splits[1] is None:
+        raise ConfigError("a robustness curve needs a validation split (val_size > 0)")
+    recorder = CurveRecorder(schedule, splits[1], measure, splits[2], config.eval_batch_size, config.bf16)
+    model = build_model(config).to(resolve_device(config.device))
+    # The untrained model, read on validation (no randomness); a resumed run's state replaces it.
+    recorder.start(model)
+    result = train(config, None, model, checkpoint, splits, check=recorder, speed_plan=speed_plan)
+    rows = recorder.rows
+    if rows[-1]["test_accuracy"] is None:
+        rows[-1]["test_accuracy"] = result.test_accuracy
+    return model, result, rows
+
+
+__all__ = ["CurveRecorder", "Measure", "Schedule", "first_crossing", "interpolate", "train_curve"]

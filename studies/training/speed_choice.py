@@ -363,7 +363,7 @@ def choose(where: Situation, reuse: bool = True) -> Choice:
 
 
 def measured_plan(model: torch.nn.Module, images: tuple[int, int, int, int], bf16: bool) -> SpeedPlan | None:
-    """A `SpeedSource` (studies/training/train.py) for a run outside a study: this machine's cached
+    """A `SpeedSource` (studies/training/loop.py) for a run outside a study: this machine's cached
     or measured choice."""
     choice = plan_for(model, images, bf16)
     return None if choice is None else choice.plan

@@ -1,5 +1,6 @@
-"""What the engine writes on a trial and what it reads back: a trial's point, identity and
-failure, and the state of every point of a study from its trials."""
+"""What the engine writes on a trial and on its study, and what the engine and the report read back:
+a trial's point, identity and failure, the identities of a study's current points, and the state of
+every point of a study from its trials."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from studies.spec.study import Point, StudySpec
-from studies.training.train import RUN_INDEPENDENT
+from studies.training.loop import RUN_INDEPENDENT
 
 POINT_ATTR = "point"
 # The point's values (model, scientific parameters, seed) as a dict: the trial's coordinates. They
@@ -21,6 +22,9 @@ VALUES_ATTR = "values"
 # the kind's settings, the robustness set): trials of an older budget keep their results but are
 # superseded, never mixed into a table.
 IDENTITY_ATTR = "identity"
+# A study attribute: point key -> the identity of its current trials, written by every run, so the
+# report tells current trials from superseded ones without preparing the data they depend on.
+IDENTITIES_ATTR = "identities"
 FAILURE_ATTR = "failure"
 # A study attribute: point key -> trial number from which failures count again (RETRY_FAILED=1).
 RETRY_ATTR = "retry_from"

@@ -1,4 +1,6 @@
-"""Where studies are stored, chosen explicitly and said aloud; never switched silently.
+"""Where studies are stored, chosen explicitly and said aloud; never switched silently; and the one
+place that speaks to Optuna's storages (`StoredStudy`: the engine's and the report's every read and
+write of a study, the heartbeat, the cross-process lock).
 
 - `STORAGE=` / `--storage`: `journal:<path>` (or a path ending in .journal: Optuna's
   JournalFileBackend, for several processes on one host), or a SQLAlchemy URL (`sqlite:///...` for
@@ -14,51 +16,26 @@ import contextlib
 import fcntl
 import hashlib
 import importlib.util
-import os
-import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from studies.results_location import prove_writable
 
 
 class StorageError(ValueError):
     """A storage that cannot be used as asked; the message says what to do instead."""
+
+
 SQLITE_NAME, JOURNAL_NAME = "studies.db", "studies.journal"
-
-
-def results_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    base = Path(root) if root is not None else Path(os.environ.get("CAPSBENCH_RESULTS", REPO_ROOT / "results"))
-    return base / profile
-
-
-def ensure_writable(directory: Path, what: str = "results directory") -> Path:
-    """Create `directory` and prove it can be written, or fail with one clear line naming `what`."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"{what} {directory} is not writable: {error.strerror or error}") from None
-    return prove_writable(directory, what)
-
-
-def prove_writable(directory: Path, what: str) -> Path:
-    """Write, sync and remove a small file in `directory` (which must exist): a read-only file system,
-    missing permissions or a disk already full fail here, in one line, rather than after training."""
-    try:
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-") as probe:
-            # A byte really written: on a full disk creating an empty file still succeeds.
-            probe.write(b"\0")
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as error:
-        raise PermissionError(f"{what} {directory} is not writable: {error.strerror or error}") from None
-    return directory
 
 
 @dataclass(frozen=True)
@@ -277,3 +254,134 @@ def redact(url: str) -> str:
         user = rest.split("@", 1)[0].split(":", 1)[0]
         return f"{scheme}{sep}{user}:***@{rest.split('@', 1)[1]}"
     return url
+
+
+class StoredStudy:
+    """One study in its storage, through Optuna's storage interface: trials are named by their
+    number, never handed out as live `optuna.Trial` objects (which Optuna builds itself inside
+    `study.optimize`/`ask`), so a trial claimed by a state change is read back as a `FrozenTrial`."""
+
+    def __init__(self, choice: StorageChoice, storage: optuna.storages.BaseStorage, study: optuna.Study):
+        self.choice, self.storage, self.study = choice, storage, study
+        self.name = study.study_name
+        self._id = storage.get_study_id_from_name(self.name)
+
+    @classmethod
+    def open(cls, choice: StorageChoice, name: str, heartbeat_s: float | None = None,
+             grace_s: float | None = None) -> "StoredStudy":
+        """The study `name`, created where it is not stored yet."""
+        storage = open_storage(choice, heartbeat_s, grace_s)
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+        return cls(choice, storage, study)
+
+    @classmethod
+    def read(cls, choice: StorageChoice, name: str) -> "StoredStudy | None":
+        """The study `name` where it is stored, else None; creates nothing (no file, no study)."""
+        if choice.path is not None and not choice.path.exists():
+            return None
+        storage = open_storage(choice)
+        if name not in {s.study_name for s in storage.get_all_studies()}:
+            return None
+        return cls(choice, storage, optuna.load_study(study_name=name, storage=storage))
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.storage.get_all_trials(self._id, deepcopy=False)
+
+    def trial(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.storage.get_trial(self._trial_id(number))
+
+    def attrs(self) -> dict[str, Any]:
+        """The study's user attributes, read from the storage now (another worker may have set one)."""
+        return self.storage.get_study_user_attrs(self._id)
+
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self._id, number)
+
+    # --- writing ---------------------------------------------------------------------------------
+
+    def set_attr(self, name: str, value: Any) -> None:
+        self.study.set_user_attr(name, value)
+
+    def enqueue(self, user_attrs: dict[str, Any]) -> None:
+        self.study.enqueue_trial({}, user_attrs=user_attrs)
+
+    def claim(self, number: int) -> bool:
+        """WAITING -> RUNNING for this worker (atomic in every Optuna storage); False where another
+        worker took the trial first."""
+        try:
+            return bool(self.storage.set_trial_state_values(self._trial_id(number), TrialState.RUNNING))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # another worker took it and finished it meanwhile
+
+    def set_trial_attrs(self, number: int, attrs: dict[str, Any]) -> None:
+        trial_id = self._trial_id(number)
+        for name, value in attrs.items():
+            self.storage.set_trial_user_attr(trial_id, name, value)
+
+    def fail(self, number: int, attrs: dict[str, Any]) -> bool:
+        """Record `attrs` and fail the trial; False where it had finished meanwhile."""
+        try:
+            self.set_trial_attrs(number, attrs)
+            return bool(self.storage.set_trial_state_values(self._trial_id(number), TrialState.FAIL))
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            return False
+
+    def complete(self, number: int, value: float, attrs: dict[str, Any]) -> bool:
+        """Record `attrs` and the objective on a trial still RUNNING; False where another worker
+        failed it meanwhile."""
+        try:
+            self.set_trial_attrs(number, attrs)
+            self.storage.set_trial_state_values(self._trial_id(number), TrialState.COMPLETE, [value])
+            return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    def add_completed(self, value: float, user_attrs: dict[str, Any]) -> None:
+        self.study.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=value, user_attrs=user_attrs))
+
+    def sibling(self, name: str, direction: str, sampler: optuna.samplers.BaseSampler,
+                pruner: optuna.pruners.BasePruner) -> optuna.Study:
+        """Another study in the same storage (nuisance tuning asks and tells its trials itself)."""
+        return optuna.create_study(study_name=name, storage=self.storage, direction=direction,
+                                   load_if_exists=True, sampler=sampler, pruner=pruner)
+
+    # --- liveness and locking --------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def heartbeats(self, number: int, interval_s: float):
+        """Optuna's RDB heartbeat (server storages; stamped with the database's own time) for a trial:
+        one recorded now, then one every `interval_s` from a thread until the block ends."""
+        trial_id = self._trial_id(number)
+        self.storage.record_heartbeat(trial_id)
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(interval_s):
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # a transient database error: beat again next time
+                    pass
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def fail_stale(self) -> list[int]:
+        """Optuna's own judgement of server trials whose heartbeat stopped; the numbers it failed."""
+        running = (TrialState.RUNNING,)
+        before = {t.number for t in self.study.get_trials(deepcopy=False, states=running)}
+        with warnings.catch_warnings():  # fail_stale_trials is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        after = {t.number for t in self.study.get_trials(deepcopy=False, states=running)}
+        return sorted(before - after)
+
+    def lock(self):
+        """The cross-process lock of this study (`exclusive`)."""
+        return exclusive(self.choice, self.storage, self.name)

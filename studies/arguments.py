@@ -19,15 +19,27 @@ class Option:
     # The dataclass and field whose annotation judges the value (None: free text, judged later).
     owner: type | None = None
     attribute: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Passed to argparse as they are (action, default, choices, dest, ...).
+    argparse_kwargs: dict[str, Any] = field(default_factory=dict)
     # A comma-separated list of values for a tuple field.
     listed: bool = False
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
-        kwargs = dict(self.extra)
+        kwargs = dict(self.argparse_kwargs)
         if self.owner is not None:
             kwargs["type"] = (typed_list if self.listed else typed)(self.owner, self.attribute)
         parser.add_argument(self.flag, help=self.help, **kwargs)
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port a user may open (1 to 65535)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 1 and 65535, got {port}")
+    return port
 
 
 def typed(owner: type, name: str):

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from bench.options import BenchOptions
 
 
-def build_model(name: str, options: "BenchOptions", routing: str | None = None) -> torch.nn.Module:
+def bench_model(name: str, options: "BenchOptions", routing: str | None = None) -> torch.nn.Module:
     """A registered model at the options' image size (and routing iterations and procedure, for
     CapsNet)."""
     config = {"input_size": options.image_size}
@@ -29,7 +29,7 @@ def build_model(name: str, options: "BenchOptions", routing: str | None = None) 
     return models.create(name, **config)
 
 
-class Runner:
+class ModelSteps:
     """A model, a fixed random batch and Adam on the device; `step(mode)` is what a row times."""
 
     def __init__(self, model: torch.nn.Module, batch: int, options: "BenchOptions", device: torch.device,

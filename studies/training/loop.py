@@ -15,12 +15,12 @@ from tqdm.auto import tqdm
 import models
 from models import speed_paths
 from models.fields import ConfigError
-from models.multimnist import pair_correct, predict_pair
 from models.speed_paths import SpeedPlan
 from studies.data import datasets
 from studies.data.atomic_save import save_atomically
 from studies.data.augment import parse_augmentation
 from studies.data.expanded import expanded_test_set, place_on_canvas
+from studies.data.splits import CorrectRule, Split
 from studies.data.subsets import train_val_test_indices
 from studies.training import stop
 from studies.training.config import TrainConfig
@@ -77,29 +77,6 @@ class TrainResult:
         return asdict(self)
 
 
-@dataclass
-class Split:
-    """Images as uint8 (N, C, H, W) and int64 labels (N,), both on the training device. A
-    two-digit set (MultiMNIST) has labels (N, 2) and, as `targets`, each digit alone
-    (N, 2, C, H, W) uint8: what its model reconstructs. Without targets a model reconstructs its
-    input."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    targets: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.labels.shape[0]
-
-
-def hits(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """How many examples the scores get right: the argmax for one label per example; for two
-    (MultiMNIST), both digits among the two highest scores, as the paper counts them."""
-    if labels.ndim == 2:
-        return pair_correct(predict_pair(scores), labels).sum()
-    return (scores.argmax(dim=1) == labels).sum()
-
-
 def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
@@ -149,11 +126,14 @@ def evaluate(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     bf16: bool = False,
 ) -> float:
-    """Accuracy of the model's class scores (`hits`); `transform` edits float batches."""
+    """Accuracy of the model's class scores by the split's rule (`Split.correct`): the fraction
+    of what the rule judges (examples, or labels where it judges each) that it finds right;
+    `transform` edits float batches."""
     was_training = model.training
     model.eval()
     device = split.images.device
     correct = torch.zeros((), dtype=torch.long, device=device)
+    judged = 0
     for start in range(0, len(split), batch_size):
         stop.check()
         images = to_float(split.images[start : start + batch_size])
@@ -161,9 +141,11 @@ def evaluate(
             images = transform(images)
         with autocast(device, bf16):
             scores = model(images).scores
-        correct += hits(scores, split.labels[start : start + batch_size])
+        right = split.correct(scores, split.labels[start : start + batch_size])
+        correct += right.sum()
+        judged += right.numel()  # a shape: no wait for the device
     model.train(was_training)
-    return correct.item() / len(split)
+    return correct.item() / judged
 
 
 EpochCallback = Callable[[dict[str, float], torch.nn.Module], None]
@@ -332,12 +314,12 @@ def _forward_backward(forward: StepForward, eager: StepForward, optimizer, devic
 
 
 class EpochCounters:
-    """An epoch's bookkeeping on the device (the loss sum, the training images right, the first
-    step whose loss was not finite, the step count), read on the host every few steps only. One
-    function updates all of them: where the training step compiles, it compiles too, and inductor
-    fuses its dozen tiny operations into a kernel or two."""
+    """An epoch's bookkeeping on the device (the loss sum, the training images right by the
+    training split's rule, the first step whose loss was not finite, the step count), read on the
+    host every few steps only. One function updates all of them: where the training step compiles,
+    it compiles too, and inductor fuses its dozen tiny operations into a kernel or two."""
 
-    def __init__(self, device: torch.device, step: StepForward):
+    def __init__(self, device: torch.device, step: StepForward, correct: CorrectRule):
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
         self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -345,7 +327,8 @@ class EpochCounters:
         # Compiled where the step is, and eager again once the step fell back (one warning a run).
         self.training_step = step if isinstance(step, CompiledOrEager) else None
         compiling = self.training_step is not None and self.training_step.compiled is not None
-        self.compiled = CompiledOrEager.of(_count_step) if compiling else None
+        self.count_step = _counting(correct)
+        self.compiled = CompiledOrEager.of(self.count_step) if compiling else None
 
     def reset(self) -> None:
         """At an epoch's start (in place: a compiled count keeps its inputs)."""
@@ -357,7 +340,7 @@ class EpochCounters:
     def count(self, loss: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, full_batch: bool) -> None:
         # An epoch's last, smaller batch is counted eagerly, as it is trained (no graph for its shape).
         compiled = self.compiled is not None and self.training_step.compiled is not None
-        count = self.compiled if compiled and full_batch else _count_step
+        count = self.compiled if compiled and full_batch else self.count_step
         count(self.loss_sum, self.correct, self.first_bad_step, self.step, loss.detach(), scores.detach(), labels)
         if count is self.compiled:
             self.compiled.confirm()
@@ -368,12 +351,17 @@ class EpochCounters:
             raise Diverged(epoch, step, float(self.loss_sum.item()))
 
 
-def _count_step(loss_sum, correct, first_bad_step, step, loss, scores, labels) -> None:
-    bad = ~torch.isfinite(loss) & (first_bad_step < 0)
-    first_bad_step.copy_(torch.where(bad, step, first_bad_step))
-    loss_sum.add_(loss * labels.shape[0])
-    correct.add_(hits(scores, labels))
-    step.add_(1)
+def _counting(rule: CorrectRule) -> Callable[..., None]:
+    """The counting step for a split whose examples are right by `rule`."""
+
+    def count_step(loss_sum, correct, first_bad_step, step, loss, scores, labels) -> None:
+        bad = ~torch.isfinite(loss) & (first_bad_step < 0)
+        first_bad_step.copy_(torch.where(bad, step, first_bad_step))
+        loss_sum.add_(loss * labels.shape[0])
+        correct.add_(rule(scores, labels).sum())
+        step.add_(1)
+
+    return count_step
 
 
 def train(
@@ -457,7 +445,7 @@ def _train(config: TrainConfig, device: torch.device, on_epoch: EpochCallback | 
             check.load_state_dict(resumed["check"])
     stopped = False
     images_seen = (first_epoch - 1) * len(train_split)
-    counters = EpochCounters(device, compiled_step_loss)
+    counters = EpochCounters(device, compiled_step_loss, train_split.correct)
     for epoch in range(first_epoch, config.epochs + 1):
         synchronize(device)
         started = time.perf_counter()

@@ -38,7 +38,7 @@ from bench.comparison import (
 )
 from bench import roofline
 from bench.options import PROFILES, BenchOptions
-from bench.runner import Runner, build_model
+from bench.model_steps import ModelSteps, bench_model
 from bench.timing import (
     Timing,
     paired_ratio,
@@ -137,7 +137,7 @@ def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict, on_r
         name = model if routing is None else f"{model}/{routing}"
         for batch in options.batch_sizes:
             torch.manual_seed(options.seed)
-            runner = Runner(build_model(model, options, routing), batch, options, device, flop_counts)
+            runner = ModelSteps(bench_model(model, options, routing), batch, options, device, flop_counts)
             choice = speed_plan_for(runner, options)
             if choice is not None:
                 _log(f"{name:>12} batch {batch:>4}: speed paths {choice.plan.describe()} ({choice.why})", log)
@@ -157,7 +157,7 @@ def _model_rows(options: BenchOptions, device, env, log, flop_counts: dict, on_r
     return rows
 
 
-def speed_plan_for(runner: Runner, options: BenchOptions) -> speed_choice.Choice | None:
+def speed_plan_for(runner: ModelSteps, options: BenchOptions) -> speed_choice.Choice | None:
     """The CPU speed plan training would use for this model and batch on this machine (reused from
     the machine's cache, else measured now); None where no hand-written path applies."""
     images = tuple(runner.images.shape)
@@ -189,7 +189,7 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict, on
     rows = []
     our_step_s = 0.0
     torch.manual_seed(options.seed)
-    choice = speed_plan_for(Runner(build_model(COMPARE_MODEL, options), batch, options, device, flop_counts), options)
+    choice = speed_plan_for(ModelSteps(bench_model(COMPARE_MODEL, options), batch, options, device, flop_counts), options)
     with Lockstep(compared, options, batch, flop_counts, choice.plan if choice else None) as workers:
         for mode in ("train", "infer"):
             # The nn.Conv2d pair in training only: at inference `auto` takes nn.Conv2d anyway.
@@ -232,7 +232,7 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict, on
 
 
 def _data_row(options: BenchOptions, device, env, batch: int, step_s: float, log) -> dict:
-    """Preparing a batch as studies/training/train.py does: index a uint8 set kept on the device with a
+    """Preparing a batch as studies/training/loop.py does: index a uint8 set kept on the device with a
     random permutation, convert to float, shift2 augmentation on the device; as a share of the
     median CapsNet training step `step_s` measured in the same run."""
     profile = PROFILES[options.profile]
