@@ -140,7 +140,7 @@ def affnist_set(spec: StudySpec, profile: Profile, config: TrainConfig) -> Robus
     # Keyed by the data root as resolved: a changed default root may hold other files.
     root = Path(config.data_root) if config.data_root else default_data_root()
     return ROBUSTNESS_SETS.get((str(root), *made_from, str(device)),
-                                lambda: make_affnist_set(config.data_root, *made_from, device))
+                               lambda: make_affnist_set(config.data_root, *made_from, device))
 
 
 @task("affnist")
