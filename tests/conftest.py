@@ -163,3 +163,22 @@ def kernel():
             pytest.fail(message)
         pytest.skip(message)
     return built
+
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """count_calls(module, "name") -> a list that gets the positional arguments of every call of
+    module.name from now on (the real function still runs)."""
+
+    def install(module, name: str) -> list:
+        calls, real = [], getattr(module, name)
+
+        def counted(*args, **kwargs):
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+        return calls
+
+    return install

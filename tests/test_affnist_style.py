@@ -109,21 +109,9 @@ def test_bad_ranges_are_rejected(kwargs) -> None:
         AffineRanges(**kwargs)
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = affnist_style.generate
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(affnist_style, "generate", counted)
-    return calls
-
-
-def test_cache_is_reused_when_unchanged_and_rebuilt_when_ranges_change(tmp_path: Path, monkeypatch) -> None:
+def test_cache_is_reused_when_unchanged_and_rebuilt_when_ranges_change(tmp_path: Path, monkeypatch, count_calls) -> None:
     images, labels = _digits()
-    calls = _counting(monkeypatch)
+    calls = count_calls(affnist_style, "generate")
     first = load_or_generate(images, labels, copies=2, seed=1, cache_dir=tmp_path)
     files = list(tmp_path.glob("*.pt"))
     assert len(calls) == 1 and len(files) == 1

@@ -32,18 +32,6 @@ SETS = {
 }
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch, module) -> list[int]:
-    calls: list[int] = []
-    real = module.generate
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, "generate", counted)
-    return calls
-
-
 def _damage(path: Path, how: str) -> None:
     if how == "truncated":
         path.write_bytes(path.read_bytes()[:500])
@@ -58,10 +46,10 @@ def _damage(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SETS))
-def test_an_intact_cache_is_loaded_without_generating(tmp_path: Path, monkeypatch, name: str) -> None:
+def test_an_intact_cache_is_loaded_without_generating(tmp_path: Path, monkeypatch, name: str, count_calls) -> None:
     module, make = SETS[name]
     images, labels = _digits()
-    calls = _counting(monkeypatch, module)
+    calls = count_calls(module, "generate")
     first = make(images, labels, tmp_path)
     (path,) = tmp_path.glob("*.pt")
     before = path.stat()
@@ -75,14 +63,14 @@ def test_an_intact_cache_is_loaded_without_generating(tmp_path: Path, monkeypatc
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign", "wrong contents"])
 @pytest.mark.parametrize("name", sorted(SETS))
-def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt(tmp_path: Path, monkeypatch, name, damage) -> None:
+def test_a_damaged_cache_is_reported_in_one_line_and_rebuilt(tmp_path: Path, monkeypatch, name, damage, count_calls) -> None:
     module, make = SETS[name]
     images, labels = _digits()
     original = make(images, labels, tmp_path)
     (path,) = tmp_path.glob("*.pt")
     _damage(path, damage)
     damaged_inode = path.stat().st_ino
-    calls = _counting(monkeypatch, module)
+    calls = count_calls(module, "generate")
     with pytest.warns(UserWarning) as caught:
         rebuilt = make(images, labels, tmp_path)
     (message,) = [str(w.message) for w in caught]

@@ -195,21 +195,9 @@ def test_mean_overlap_of_real_pairs_is_plausible(small_set) -> None:
 # --- cache ---------------------------------------------------------------------------------
 
 
-def _counting(monkeypatch) -> list:
-    calls = []
-    real = multimnist.generate
-
-    def counted(*args, **kwargs):
-        calls.append(args)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(multimnist, "generate", counted)
-    return calls
-
-
-def test_cache_is_reused_and_keyed_by_the_recipe(tmp_path: Path, monkeypatch, mnist_test) -> None:
+def test_cache_is_reused_and_keyed_by_the_recipe(tmp_path: Path, monkeypatch, mnist_test, count_calls) -> None:
     images, labels = mnist_test[0][:200], mnist_test[1][:200]
-    calls = _counting(monkeypatch)
+    calls = count_calls(multimnist, "generate")
     first = load_or_generate(images, labels, 2, seed=1, cache_dir=tmp_path)
     (path,) = tmp_path.glob("*.pt")
     stamp = path.stat().st_mtime_ns
@@ -225,7 +213,7 @@ def test_cache_is_reused_and_keyed_by_the_recipe(tmp_path: Path, monkeypatch, mn
     assert len(calls) == 4 and len(list(tmp_path.glob("*.pt"))) == 4
 
 
-def test_a_cache_file_with_one_changed_pixel_is_reported_and_replaced(tmp_path: Path, monkeypatch, mnist_test) -> None:
+def test_a_cache_file_with_one_changed_pixel_is_reported_and_replaced(tmp_path: Path, monkeypatch, mnist_test, count_calls) -> None:
     # Torn, foreign and misshapen files of every generated set: tests/test_generated_cache.py. This
     # one loads and has the right metadata and shapes; only MultiMNIST's own invariant
     # (merged = min(first + second, 255)) catches it.
@@ -235,7 +223,7 @@ def test_a_cache_file_with_one_changed_pixel_is_reported_and_replaced(tmp_path: 
     payload = torch.load(path, weights_only=True)
     payload["images"][7, 18, 18] ^= 1
     torch.save(payload, path)
-    calls = _counting(monkeypatch)
+    calls = count_calls(multimnist, "generate")
     with pytest.warns(UserWarning, match="unusable"):
         rebuilt = load_or_generate(images, labels, 1, seed=4, cache_dir=tmp_path)
     assert len(calls) == 1 and torch.equal(rebuilt.images, original.images)

@@ -121,13 +121,15 @@ def test_running_again_trains_nothing(smoke, run_process):
 
 @pytest.fixture
 def write_spec(tiny_spec):
-    """tiny.toml: cnn_pool, augmentation none and shift2, seeds 0 and 1 on MNIST."""
-    return lambda directory, **sizes: tiny_spec(directory, dataset="mnist", seeds=(0, 1), **sizes)
+    """tiny.toml: efficient_capsnet (the fastest registered model to train on a CPU), augmentation
+    none and shift2, seeds 0 and 1 on MNIST."""
+    return lambda directory, **sizes: tiny_spec(directory, dataset="mnist", seeds=(0, 1), **sizes,
+                                                arms=[("efficient_capsnet", {"augmentation": ["none", "shift2"]})])
 
 
 @pytest.mark.e2e
 def test_killed_worker_is_detected_and_its_point_retrained(tmp_path, run_process, write_spec):
-    spec = write_spec(tmp_path, train_size=128, epochs=2)
+    spec = write_spec(tmp_path, train_size=512, epochs=2)
     results = tmp_path / "results"
     args = ["run", "--study", str(spec), "--profile", "smoke", "--no-report", "--heartbeat", "0.5", "--grace", "3"]
     worker = run_process("studies", *args, results=results, wait=False, stdout=subprocess.DEVNULL,
