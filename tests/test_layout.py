@@ -130,7 +130,7 @@ def test_bench_reaches_neither_the_engine_nor_the_command_line():
 def test_optuna_storage_calls_live_in_one_adapter():
     """Trials are never built by hand, and only the storage adapter calls Optuna's storage interface."""
     adapter = ROOT / "studies" / "store" / "storage.py"
-    internals = ("optuna.storages", "optuna.trial.Trial(", ".set_trial_state_values(", ".set_trial_user_attr(",
+    internals = ("optuna.storages", "optuna.trial." + "Trial(", ".set_trial_state_values(", ".set_trial_user_attr(",
                  ".get_all_trials(", ".record_heartbeat(", ".get_study_user_attrs(", "fail_stale_trials(")
     for path in modules().values():
         if path != adapter:
