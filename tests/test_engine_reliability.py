@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 from studies.engine import runner as runner_module
-from studies.store.records import FAILURE_ATTR, IDENTITY_ATTR, POINT_ATTR, point_states
+from studies.store.records import FAILURE_ATTR, IDENTITIES_ATTR, IDENTITY_ATTR, POINT_ATTR, point_states
 from studies.engine.liveness import LEASE_ATTR, Liveness
 from studies.engine.runner import Interrupted, StudyRunner
 from studies.run_options import RunOptions
@@ -102,6 +102,22 @@ def test_a_changed_budget_supersedes_old_trials_without_mixing(engine):
     loaded = load_trials(changed.spec, changed.options)
     assert len(loaded.frame) == 4 and loaded.superseded == 4
 
+
+
+def test_the_report_tells_current_trials_from_the_stored_identities_alone(engine, tmp_path):
+    """The report never prepares data: it takes the identities the last run stored, as long as the
+    spec still declares what it declared then; a spec edited since has no current trial yet, and a
+    study stored before identities were kept falls back on each point's newest trial."""
+    from studies.report.trials import load_trials
+
+    runner = engine()
+    runner.run()
+    assert len(load_trials(runner.spec, runner.options).frame) == 4
+    edited = parse_spec(spec_data(train_size=48), str(tmp_path / "tiny.toml"))  # not run: nothing current
+    loaded = load_trials(edited, runner.options)
+    assert loaded.frame.empty and loaded.superseded == 4
+    runner.stored.set_attr(IDENTITIES_ATTR, None)  # as an older version stored it
+    assert len(load_trials(runner.spec, runner.options).frame) == 4
 
 @pytest.mark.parametrize("interrupt, said", [(KeyboardInterrupt(), "interrupted: Ctrl-C"),
                                              (Interrupted(), "interrupted: SIGTERM")])

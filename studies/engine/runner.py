@@ -39,6 +39,7 @@ from studies.store.records import (
     IDENTITIES_ATTR,
     IDENTITY_ATTR,
     POINT_ATTR,
+    RECIPES_ATTR,
     RETRY_ATTR,
     SPEED_PLAN_ATTR,
     SPEED_PLANS_ATTR,
@@ -46,6 +47,7 @@ from studies.store.records import (
     identity_hash,
     point_states,
     point_values,
+    recipe_digest,
     study_name,
 )
 from studies.store.storage import StoredStudy, choose_storage
@@ -59,12 +61,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def open_study(spec: StudySpec, options: RunOptions, choice, identities: dict[str, str]) -> StoredStudy:
-    """The spec's study, labelled, with the identities of its current points stored beside it: what
-    the report needs to tell current trials from superseded ones without data or a device."""
+    """The spec's study, labelled, with the identities of its current points and the digests of
+    what the spec declared for them stored beside it: what the report needs to tell current trials
+    from superseded ones without data or a device."""
     stored = StoredStudy.open(choice, study_name(spec, options.profile), options.heartbeat_s, options.grace_s)
     attrs = stored.attrs()
+    recipes = {p.key: recipe_digest(spec.declared_recipe(p, options.profile)) for p in spec.points(options.profile)}
     for key, value in {"spec": spec.name, "title": spec.title, "kind": spec.kind, "dataset": spec.dataset,
-                       "profile": options.profile, IDENTITIES_ATTR: identities}.items():
+                       "profile": options.profile, IDENTITIES_ATTR: identities, RECIPES_ATTR: recipes}.items():
         if attrs.get(key) != value:
             stored.set_attr(key, value)
     return stored

@@ -19,9 +19,11 @@ from studies.store.records import (
     IDENTITIES_ATTR,
     IDENTITY_ATTR,
     POINT_ATTR,
+    RECIPES_ATTR,
     RETRY_ATTR,
     VALUES_ATTR,
     final_failures,
+    recipe_digest,
     study_name,
 )
 from studies.store.storage import StoredStudy, choose_storage
@@ -56,17 +58,21 @@ def file_stem(spec: StudySpec) -> str:
     return spec.name if spec.dataset == "mnist" else f"{spec.name}-{spec.dataset}"
 
 
-def current_identities(attrs: dict, trials: list[FrozenTrial], points: set[str]) -> dict[str, str]:
-    """Per point, the identity its current trials carry: as the engine stored it with the study;
-    for a study stored before the engine kept them, the identity of the point's newest trial (the
-    one its last run enqueued)."""
-    stored = attrs.get(IDENTITIES_ATTR)
+def current_identities(spec: StudySpec, profile: str, attrs: dict, trials: list[FrozenTrial]) -> dict[str, str]:
+    """Per point of the spec, the identity its current trials carry: as the engine stored it with
+    the study at its last run, where the spec still declares what it declared then (a point whose
+    budget or settings were edited since has no current trial until it is run again); for a study
+    stored before the engine kept identities, the identity of the point's newest trial (the one its
+    last run enqueued)."""
+    points = spec.points(profile)
+    stored, recipes = attrs.get(IDENTITIES_ATTR), attrs.get(RECIPES_ATTR)
     if stored is not None:
-        return {key: stored[key] for key in points if key in stored}
-    newest = {}
+        return {p.key: stored[p.key] for p in points if p.key in stored
+                and (recipes is None or recipes.get(p.key) == recipe_digest(spec.declared_recipe(p, profile)))}
+    keys, newest = {p.key for p in points}, {}
     for trial in sorted(trials, key=lambda t: t.number):
         key = trial.user_attrs.get(POINT_ATTR)
-        if key in points and IDENTITY_ATTR in trial.user_attrs:
+        if key in keys and IDENTITY_ATTR in trial.user_attrs:
             newest[key] = trial.user_attrs[IDENTITY_ATTR]
     return newest
 
@@ -75,7 +81,7 @@ def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
     points = {p.key for p in spec.points(options.profile)}
     stored = StoredStudy.read(choose_storage(options.storage, options.results), study_name(spec, options.profile))
     trials, attrs = (stored.trials(), stored.attrs()) if stored is not None else ([], {})
-    identities = current_identities(attrs, trials, points)
+    identities = current_identities(spec, options.profile, attrs, trials)
     rows, superseded, outside = [], 0, 0
     for trial in trials:
         key = trial.user_attrs.get(POINT_ATTR)

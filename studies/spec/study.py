@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import itertools
+import json
 import sys
 import tomllib
 from dataclasses import dataclass, field
@@ -194,6 +195,18 @@ class StudySpec:
         """The TrainConfig of a point: fixed < arm fixed < profile < the profile's per-model values
         < scientific < overrides."""
         return self._train_config(point.arm, dict(point.values), point.seed, profile, overrides or {}, engine)
+
+    def declared_recipe(self, point: Point, profile: str) -> dict[str, Any]:
+        """What the spec declares for a point, before anything is resolved on a machine (bf16 "auto"
+        stays "auto"): model, dataset, seed, every training and model value and the kind's settings.
+        The report compares it with the one stored at the last run to tell whether the stored
+        identities still describe this spec."""
+        arm = self.arms[point.arm]
+        chosen = self.profile(profile)
+        values = {**self.fixed, **arm.fixed, **chosen.recipe, **chosen.per_model.get(arm.model, {}),
+                  **dict(point.values)}
+        return {"model": arm.model, "dataset": self.dataset, "seed": point.seed, "values": values,
+                "settings": json.loads(chosen.settings.model_dump_json())}
 
     def _train_config(self, index: int, scientific: dict[str, Any], seed: int, profile: str,
                       overrides: dict[str, Any], engine: dict[str, Any]) -> TrainConfig:

@@ -25,6 +25,9 @@ IDENTITY_ATTR = "identity"
 # A study attribute: point key -> the identity of its current trials, written by every run, so the
 # report tells current trials from superseded ones without preparing the data they depend on.
 IDENTITIES_ATTR = "identities"
+# ... and point key -> the digest of what the spec declared for it then (`recipe_digest`): a spec
+# edited since (a budget, a setting) no longer matches, and its points' stored trials are superseded.
+RECIPES_ATTR = "declared_recipes"
 FAILURE_ATTR = "failure"
 # A study attribute: point key -> trial number from which failures count again (RETRY_FAILED=1).
 RETRY_ATTR = "retry_from"
@@ -53,6 +56,11 @@ def identity_hash(config: dict[str, Any], task_identity: dict[str, Any]) -> str:
     RUN_INDEPENDENT fields: device, data location, progress bars, compilation, determinism)."""
     payload = {"config": {k: v for k, v in config.items() if k not in RUN_INDEPENDENT}, "task": task_identity}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recipe_digest(declared: dict[str, Any]) -> str:
+    """A short digest of a point's declared recipe (`StudySpec.declared_recipe`)."""
+    return hashlib.sha256(json.dumps(declared, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def failure_kind(trial: optuna.trial.FrozenTrial) -> str:
