@@ -386,8 +386,9 @@ def test_the_same_seed_gives_the_same_numbers_with_one_or_two_workers(tmp_path, 
     monkeypatch.delenv("CAPSBENCH_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
+    # Two points, so that two workers take one each: CapsNet (its routing kernels) and Efficient-CapsNet.
     spec = tiny_spec(tmp_path, name="pair", arms=[("capsnet", {"routing_iters": [1]}),
-                                                  ("cnn_pool", {"augmentation": ["shift2"]})], batch_size=32)
+                                                  ("efficient_capsnet", {"augmentation": ["shift2"]})], batch_size=32)
     frames = []
     for workers in (1, 2):
         results = tmp_path / f"results-{workers}"

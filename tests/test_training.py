@@ -11,7 +11,7 @@ pytestmark = pytest.mark.data
 
 
 def small(model: str, **overrides) -> TrainConfig:
-    base = dict(model=model, train_size=256, test_size=500, epochs=2, batch_size=32, progress=False)
+    base = dict(model=model, train_size=256, test_size=200, epochs=2, batch_size=32, progress=False)
     base.update(overrides)
     return TrainConfig(**base)
 
@@ -22,14 +22,14 @@ def test_a_short_training_run_lowers_the_loss(model):
     result = train(small(model))
     first, second = result.history
     assert second["train_loss"] < first["train_loss"]
-    assert result.test_images == 500 and result.train_images == 256
+    assert result.test_images == 200 and result.train_images == 256
     assert 0.0 <= result.test_accuracy <= 1.0 and result.test_error == pytest.approx(1 - result.test_accuracy)
     assert result.params > 0 and result.train_images_per_s > 0
 
 
 @pytest.mark.e2e
 def test_training_is_deterministic_on_cpu():
-    config = small("cnn_pool", epochs=1, train_size=128, val_size=100)
+    config = small("efficient_capsnet", epochs=1, train_size=128, val_size=100)
     a, b = train(config), train(config)
     assert a.test_accuracy == b.test_accuracy
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
@@ -39,7 +39,7 @@ def test_training_is_deterministic_on_cpu():
 @pytest.mark.e2e
 def test_epoch_callback_sees_every_epoch():
     seen = []
-    train(small("cnn_pool", train_size=64, epochs=3), on_epoch=lambda record, model: seen.append(record["epoch"]))
+    train(small("efficient_capsnet", train_size=64, epochs=3), on_epoch=lambda record, model: seen.append(record["epoch"]))
     assert seen == [1, 2, 3]
 
 
@@ -82,7 +82,7 @@ def test_a_signal_whose_exception_was_swallowed_still_stops_training_at_the_next
         pass  # what Python does with it inside a finalizer
     try:
         with pytest.raises(stop.Interrupted):
-            train(small("cnn_pool", epochs=1, train_size=64))
+            train(small("efficient_capsnet", epochs=1, train_size=64))
     finally:
         stop.clear()
-    assert train(small("cnn_pool", epochs=1, train_size=64)).train_images == 64
+    assert train(small("efficient_capsnet", epochs=1, train_size=64)).train_images == 64
