@@ -189,7 +189,8 @@ def _routing_rows(options: BenchOptions, device, env, log, flop_counts: dict, on
     rows = []
     our_step_s = 0.0
     torch.manual_seed(options.seed)
-    choice = speed_plan_for(ModelSteps(bench_model(COMPARE_MODEL, options), batch, options, device, flop_counts), options)
+    steps = ModelSteps(bench_model(COMPARE_MODEL, options), batch, options, device, flop_counts)
+    choice = speed_plan_for(steps, options)
     with Lockstep(compared, options, batch, flop_counts, choice.plan if choice else None) as workers:
         for mode in ("train", "infer"):
             # The nn.Conv2d pair in training only: at inference `auto` takes nn.Conv2d anyway.

@@ -35,7 +35,8 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--dataset", "mnist or fashion_mnist", TrainConfig, "dataset", {"default": "mnist"}),
         Option("--routing-iters", "CapsNet routing iterations (paper: 3)", CapsNetConfig, "routing_iters"),
         Option("--recon-weight", "CapsNet reconstruction weight (paper: 0.0005)", CapsNetConfig, "recon_weight"),
-        Option("--detach-inner", "CapsNet: detach u_hat in inner routing iterations", argparse_kwargs={"action": "store_true"}),
+        Option("--detach-inner", "CapsNet: detach u_hat in inner routing iterations",
+               argparse_kwargs={"action": "store_true"}),
         Option("--no-decoder", "CapsNet without the reconstruction decoder", argparse_kwargs={"action": "store_true"}),
         Option("--option", "any other model option, value parsed as JSON (e.g. --option margin_convention='\"official\"')",
                argparse_kwargs={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
@@ -55,10 +56,12 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--seed", "seed of the weights, the data order and the augmentation", TrainConfig, "seed",
                {"default": 0}),
         Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
-        Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)", argparse_kwargs={"action": "store_true"}),
+        Option("--bf16", "bf16 autocast (CUDA, or a CPU with AMX or AVX512-BF16)",
+               argparse_kwargs={"action": "store_true"}),
         DATA_ROOT,
         Option("--json", "print the metrics as JSON", argparse_kwargs={"action": "store_true"}),
-        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", argparse_kwargs={"action": "store_true"}),
+        Option("--no-progress", "no progress bars (they are drawn on a terminal only)",
+               argparse_kwargs={"action": "store_true"}),
     ),
     "data": (
         Option("--dataset", "dataset(s) to prepare (default: mnist and fashion_mnist)", TrainConfig, "dataset",
@@ -69,14 +72,16 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--device", "auto, cpu, cuda, cuda:1, ...", TrainConfig, "device", {"default": "auto"}),
         DATA_ROOT,
         Option("--no-report", "do not rebuild the report afterwards", argparse_kwargs={"action": "store_true"}),
-        Option("--no-progress", "no progress bars (they are drawn on a terminal only)", argparse_kwargs={"action": "store_true"}),
+        Option("--no-progress", "no progress bars (they are drawn on a terminal only)",
+               argparse_kwargs={"action": "store_true"}),
         Option("--heartbeat", "seconds between a running trial's heartbeats (server storages)", RunOptions,
                "heartbeat_s", {"default": 10.0}),
         Option("--grace", "seconds without a heartbeat (or a lease) before a trial's worker counts as gone",
                RunOptions, "grace_s", {"default": 60.0}),
         Option("--workers", "worker processes on this machine sharing the studies (journal storage)", RunOptions,
                "workers", {"default": 1}),
-        Option("--retry-failed", "give points that failed for good another round", argparse_kwargs={"action": "store_true"}),
+        Option("--retry-failed", "give points that failed for good another round",
+               argparse_kwargs={"action": "store_true"}),
     ),
     "report": STUDY_OPTIONS,
     "dashboard": (
@@ -89,7 +94,8 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("--profile", f"one of {', '.join(PROFILES)}", RunOptions, "profile", {"default": "quick"}),
         Option("--results", "results root (default: $CAPSBENCH_RESULTS or ./results)"),
         Option("--from", "source storage (default: the profile's studies.db)", argparse_kwargs={"dest": "source"}),
-        Option("--to", "destination storage (default: the profile's studies.journal)", argparse_kwargs={"dest": "destination"}),
+        Option("--to", "destination storage (default: the profile's studies.journal)",
+               argparse_kwargs={"dest": "destination"}),
     ),
 }
 HELP = {
@@ -330,7 +336,8 @@ def _run_dashboard(args) -> None:
     if choice.path is not None and not choice.path.exists():
         raise ConfigError(f"no stored studies at {choice.path}: run `make study PROFILE={args.profile}` first, or "
                           "name the storage with STORAGE=")
-    program = shutil.which("optuna-dashboard", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    search = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's scripts first
+    program = shutil.which("optuna-dashboard", path=search)
     if program is None:
         raise ConfigError("optuna-dashboard is not installed; `make dashboard` installs it "
                           "(or: pip install 'optuna-dashboard>=0.17,<1')")

@@ -39,7 +39,8 @@ def test_training_is_deterministic_on_cpu():
 @pytest.mark.e2e
 def test_epoch_callback_sees_every_epoch():
     seen = []
-    train(small("efficient_capsnet", train_size=64, epochs=3), on_epoch=lambda record, model: seen.append(record["epoch"]))
+    train(small("efficient_capsnet", train_size=64, epochs=3),
+          on_epoch=lambda record, model: seen.append(record["epoch"]))
     assert seen == [1, 2, 3]
 
 
