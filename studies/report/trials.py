@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from studies.data import datasets
 from studies.run_options import RunOptions
-from studies.spec.study import StudySpec
+from studies.spec.study import Point, StudySpec
 from studies.store.records import (
     IDENTITIES_ATTR,
     IDENTITY_ATTR,
@@ -58,13 +58,13 @@ def file_stem(spec: StudySpec) -> str:
     return spec.name if spec.dataset == "mnist" else f"{spec.name}-{spec.dataset}"
 
 
-def current_identities(spec: StudySpec, profile: str, attrs: dict, trials: list[FrozenTrial]) -> dict[str, str]:
+def current_identities(spec: StudySpec, profile: str, points: list[Point], attrs: dict,
+                       trials: list[FrozenTrial]) -> dict[str, str]:
     """Per point of the spec, the identity its current trials carry: as the engine stored it with
     the study at its last run, where the spec still declares what it declared then (a point whose
     budget or settings were edited since has no current trial until it is run again); for a study
     stored before the engine kept identities, the identity of the point's newest trial (the one its
     last run enqueued)."""
-    points = spec.points(profile)
     stored, recipes = attrs.get(IDENTITIES_ATTR), attrs.get(RECIPES_ATTR)
     if stored is not None:
         return {p.key: stored[p.key] for p in points if p.key in stored
@@ -78,10 +78,11 @@ def current_identities(spec: StudySpec, profile: str, attrs: dict, trials: list[
 
 
 def load_trials(spec: StudySpec, options: RunOptions) -> StudyTrials:
-    points = {p.key for p in spec.points(options.profile)}
+    spec_points = spec.points(options.profile)
+    points = {p.key for p in spec_points}
     stored = StoredStudy.read(choose_storage(options.storage, options.results), study_name(spec, options.profile))
     trials, attrs = (stored.trials(), stored.attrs()) if stored is not None else ([], {})
-    identities = current_identities(spec, options.profile, attrs, trials)
+    identities = current_identities(spec, options.profile, spec_points, attrs, trials)
     rows, superseded, outside = [], 0, 0
     for trial in trials:
         key = trial.user_attrs.get(POINT_ATTR)

@@ -54,13 +54,16 @@ def point_values(point: Point) -> dict[str, Any]:
 def identity_hash(config: dict[str, Any], task_identity: dict[str, Any]) -> str:
     """Everything a trial's result depends on, but where and how fast it ran (the trainer's
     RUN_INDEPENDENT fields: device, data location, progress bars, compilation, determinism)."""
-    payload = {"config": {k: v for k, v in config.items() if k not in RUN_INDEPENDENT}, "task": task_identity}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest({"config": {k: v for k, v in config.items() if k not in RUN_INDEPENDENT}, "task": task_identity})
 
 
 def recipe_digest(declared: dict[str, Any]) -> str:
     """A short digest of a point's declared recipe (`StudySpec.declared_recipe`)."""
-    return hashlib.sha256(json.dumps(declared, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _digest(declared)
+
+
+def _digest(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def failure_kind(trial: optuna.trial.FrozenTrial) -> str:
