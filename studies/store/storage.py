@@ -92,13 +92,15 @@ def choose_storage(url: str | None, directory: Path, workers: int = 1) -> Storag
 
 
 def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
-                 grace_s: float | None = None) -> optuna.storages.BaseStorage:
+                 grace_s: float | None = None, writes: bool = True) -> optuna.storages.BaseStorage:
     """An Optuna storage; fails in one line. A server storage records heartbeats in the database's
-    own time when `heartbeat_s` is given (Optuna's RDB heartbeat), so no worker's clock matters."""
+    own time when `heartbeat_s` is given (Optuna's RDB heartbeat), so no worker's clock matters.
+    A file storage opened for writing proves its directory takes writes first; `writes=False`
+    (a reader of an existing file) leaves that directory untouched."""
     if isinstance(choice, str):
         choice = parse_url(choice)
     if choice.path is not None:
-        _check_storage_file(choice)
+        _check_storage_file(choice, writes)
     if choice.kind == "journal":
         try:
             return JournalStorage(WholeLineJournal(str(choice.path)))
@@ -125,8 +127,9 @@ def open_storage(choice: StorageChoice | str, heartbeat_s: float | None = None,
             raise StorageError(f"cannot open storage {redact(url)}: {message}") from None
 
 
-def _check_storage_file(choice: StorageChoice) -> None:
-    """A storage file must be a file (or not yet exist) in a directory that can be written."""
+def _check_storage_file(choice: StorageChoice, writes: bool) -> None:
+    """A storage file must be a file (or not yet exist) in an existing directory, and that directory
+    must take writes when the storage will be written (`writes`)."""
     path = choice.path
     if path.is_dir():
         example = f"journal:{path / JOURNAL_NAME}" if choice.kind == "journal" else f"sqlite:///{path / SQLITE_NAME}"
@@ -135,6 +138,8 @@ def _check_storage_file(choice: StorageChoice) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise StorageError(f"cannot open storage {redact(choice.url)}: {folder} is not a writable directory")
+    if not writes:
+        return
     try:
         prove_writable(folder, "storage directory")
     except PermissionError as error:
@@ -276,10 +281,11 @@ class StoredStudy:
 
     @classmethod
     def read(cls, choice: StorageChoice, name: str) -> "StoredStudy | None":
-        """The study `name` where it is stored, else None; creates nothing (no file, no study)."""
+        """The study `name` where it is stored, else None; creates nothing (no file, no study) and
+        writes nothing, so a storage on a read-only disk can be read."""
         if choice.path is not None and not choice.path.exists():
             return None
-        storage = open_storage(choice)
+        storage = open_storage(choice, writes=False)
         if name not in {s.study_name for s in storage.get_all_studies()}:
             return None
         return cls(choice, storage, optuna.load_study(study_name=name, storage=storage))
