@@ -1,7 +1,8 @@
 """Faults of disks and files, injected for real: a tmpfs that fills during a smoke study, a results
 directory on a read-only bind mount, a journal whose append runs out of space, a report written to a
 full disk, damaged pixels in a published MNIST file. Each ends in one line and a non-zero exit,
-loses no stored trial and leaves no partial file, and the next run on a healthy disk goes on.
+loses no stored trial and leaves no partial file, and the next run on a healthy disk goes on. And a
+storage archived on a read-only disk is still read by the report.
 
 Mounting needs root (CAP_SYS_ADMIN); where it is not allowed the mount tests skip, saying why. Every
 mount is undone in the fixture's teardown, also when a test fails."""
@@ -176,6 +177,34 @@ def test_read_only_results_are_refused_before_training_whatever_the_storage(moun
     one_line_error(done, f"results directory {view / 'smoke'} is not writable: Read-only file system")
     assert not storage.exists()  # refused before the storage was opened, let alone a trial trained
     assert list(source.rglob("*")) == [source / "smoke"]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_the_report_reads_a_storage_on_a_read_only_disk(mounts, tmp_path, studies, write_spec, run_cli, kind):
+    """An archived storage is read, not probed: the report writes its tables elsewhere, the same as
+    those of the run that stored it."""
+    spec = write_spec(tmp_path, ["none"])
+    results = tmp_path / "results"
+    done = studies("run", "--study", spec, results=results)
+    assert done.returncode == 0, done.stderr
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    if kind == "sqlite":
+        shutil.copy(results / "smoke" / "studies.db", archive / "studies.db")
+    else:
+        moved = run_cli("studies", "migrate", "--profile", "smoke", "--results", results,
+                        "--to", f"journal:{archive / 'studies.journal'}")
+        assert moved.returncode == 0, moved.stderr
+    view = mounts.read_only_view(archive, tmp_path / "read-only")
+    url = f"sqlite:///{view / 'studies.db'}" if kind == "sqlite" else f"journal:{view / 'studies.journal'}"
+    before = sorted(archive.iterdir())
+
+    tables = tmp_path / "tables"
+    report = studies("report", "--study", spec, "--storage", url, results=tables)
+    assert report.returncode == 0, report.stderr
+    assert digest(tables / "smoke" / "tiny-trials.csv") == digest(results / "smoke" / "tiny-trials.csv")
+    assert sorted(archive.iterdir()) == before
 
 
 def test_a_journal_append_cut_short_by_a_full_disk_leaves_the_journal_whole(mounts, tmp_path):

@@ -201,31 +201,3 @@ def test_the_report_reads_the_stored_trials_only(smoke, run_cli, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not missing.exists()
     assert {name: (out / name).read_bytes() for name in tables} == tables
-
-
-@pytest.mark.e2e
-def test_the_report_reads_a_storage_whose_directory_takes_no_writes(smoke, run_cli, tmp_path, monkeypatch):
-    """A storage on a read-only disk (an archive, a colleague's share) is read, not probed: the report
-    writes its tables elsewhere and nothing in the storage's directory changes."""
-    import shutil
-
-    from studies.store import storage
-
-    results, _ = smoke
-    stored = tmp_path / "archive"
-    stored.mkdir()
-    shutil.copy(results / "smoke" / "studies.db", stored / "studies.db")
-    before = {path.name: path.read_bytes() for path in stored.iterdir()}
-
-    def refused(directory, what):
-        if directory == stored:
-            raise PermissionError(f"{what} {directory} is not writable: Read-only file system")
-        return directory
-
-    monkeypatch.setattr(storage, "prove_writable", refused)
-    elsewhere = tmp_path / "tables"
-    done = run_cli("studies", "report", "--study", "ablation", "--profile", "smoke",
-                   "--storage", f"sqlite:///{stored / 'studies.db'}", env={"CAPSBENCH_RESULTS": elsewhere})
-    assert done.returncode == 0, done.stderr
-    assert (elsewhere / "smoke" / "ablation-trials.csv").read_bytes() == (results / "smoke" / "ablation-trials.csv").read_bytes()
-    assert {path.name: path.read_bytes() for path in stored.iterdir()} == before
