@@ -215,7 +215,8 @@ def migrate(source: StorageChoice, destination: StorageChoice) -> list[str]:
     unambiguous. Nothing is deleted."""
     if source.url == destination.url:
         raise StorageError("source and destination are the same storage")
-    names = optuna.get_all_study_names(open_storage(source))
+    origin = open_storage(source)
+    names = optuna.get_all_study_names(origin)
     if not names:
         raise StorageError(f"{redact(source.url)} holds no studies")
     target = open_storage(destination)
@@ -223,9 +224,9 @@ def migrate(source: StorageChoice, destination: StorageChoice) -> list[str]:
     if clash:
         raise StorageError(f"{redact(destination.url)} already holds {', '.join(clash)}; nothing copied")
     for name in names:
-        optuna.copy_study(from_study_name=name, from_storage=open_storage(source), to_storage=target)
+        optuna.copy_study(from_study_name=name, from_storage=origin, to_storage=target)
         copied = len(optuna.load_study(study_name=name, storage=target).get_trials(deepcopy=False))
-        original = len(optuna.load_study(study_name=name, storage=open_storage(source)).get_trials(deepcopy=False))
+        original = len(optuna.load_study(study_name=name, storage=origin).get_trials(deepcopy=False))
         if copied != original:
             raise RuntimeError(f"migration of {name} copied {copied} of {original} trials; source left in place")
     if source.path is not None:
